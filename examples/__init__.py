@@ -1,0 +1,1 @@
+"""Example upstream services that can be put behind the gateway."""

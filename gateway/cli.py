@@ -1,0 +1,110 @@
+"""Command line: `gateway serve | check-config | token issue | keys generate | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from gateway.config_loader import ConfigError, load_config
+from gateway.config_values import address, duration
+
+DEFAULT_CONFIG = "config/gateway.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="Payment-plan gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, help_text in (("serve", "run the gateway"), ("check-config", "validate the config")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+
+    token = sub.add_parser("token", help="tokens of the gateway's own issuer").add_subparsers(dest="action", required=True)
+    issue = token.add_parser("issue", help="print a JWT signed by tokens.own")
+    issue.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    issue.add_argument("--service", required=True)
+    issue.add_argument("--subscriber", required=True)
+    issue.add_argument("--ttl", default=None, help="e.g. 1h, 30d (default: tokens.own.ttl)")
+
+    keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="action", required=True)
+    gen = keys.add_parser("generate", help="write a new PEM signing key")
+    gen.add_argument("path")
+    gen.add_argument("--type", choices=("ES256", "EdDSA"), default="ES256")
+
+    demo = sub.add_parser("demo", help="local chain + plan + example plugin + gateway, walked through")
+    demo.add_argument("--once", action="store_true", help="exit after the walk-through")
+    demo.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "serve":
+        return _serve(args.config)
+    if args.command == "token":
+        return _token_issue(args)
+    if args.command == "keys":
+        from gateway.own_issuer import generate_signing_key
+
+        generate_signing_key(Path(args.path), args.type)
+        print(f"wrote {args.type} signing key to {args.path}")
+        return 0
+    if args.command == "demo":
+        from gateway.demo import run_demo
+
+        return run_demo(once=args.once, port=args.port)
+    return 2
+
+
+def _load(path: str):
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _check_config(path: str) -> int:
+    config = _load(path)
+    if config is None:
+        return 1
+    print(f"{path}: ok ({len(config.services)} service(s): {', '.join(sorted(config.services))})")
+    return 0
+
+
+def _serve(path: str) -> int:
+    config = _load(path)
+    if config is None:
+        return 1
+    from gateway.observability import configure_logging
+    from gateway.server import serve
+
+    configure_logging(os.environ.get("GATEWAY_LOG_LEVEL", "info"))
+    return serve(config)
+
+
+def _token_issue(args) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from gateway.own_issuer import OwnIssuer
+
+    if config.tokens.own is None:
+        print("tokens.own is not configured: the gateway has no key to sign with", file=sys.stderr)
+        return 1
+    service = config.services.get(args.service)
+    if service is None:
+        print(f"no service {args.service!r} (known: {', '.join(sorted(config.services))})", file=sys.stderr)
+        return 1
+    try:
+        subscriber = address(args.subscriber)
+        ttl = duration(args.ttl) if args.ttl else None
+    except ValueError as exc:
+        print(f"bad argument: {exc}", file=sys.stderr)
+        return 1
+    issuer = OwnIssuer(config.tokens.own)
+    print(issuer.issue(subscriber, [service.id, config.public_url(service)], ttl=ttl))
+    return 0

@@ -1,0 +1,166 @@
+"""Typed, frozen configuration.
+
+These dataclasses are what the rest of the gateway sees: built once by
+`gateway.config_loader.load_config` (which validates everything and reports all
+problems at once) and never mutated afterwards. Addresses are checksummed,
+durations are seconds, endpoint patterns are compiled.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping
+
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+DEFAULT_PRICE_HEADER = "X-Credits-Consumed"
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    name: str
+    chain_id: int
+    rpc_urls: tuple[str, ...]
+    timeout: float
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    """An external issuer whose JWTs are accepted. Exactly one key source is set."""
+
+    issuer: str
+    algorithms: tuple[str, ...]
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    public_key_file: Path | None = None
+    secret: str | None = field(default=None, repr=False)  # HS256 only, 32+ bytes
+
+
+@dataclass(frozen=True)
+class OwnIssuerConfig:
+    """The gateway's own issuer: `token issue` and sign-in tokens."""
+
+    issuer: str
+    signing_key_file: Path
+    ttl: float
+
+
+@dataclass(frozen=True)
+class TokensConfig:
+    issuers: tuple[IssuerConfig, ...]
+    own: OwnIssuerConfig | None
+    leeway: float
+    cache_size: int = 10_000
+
+
+@dataclass(frozen=True)
+class UpstreamAuth:
+    """The owner's credential that the gateway puts in place of the client's."""
+
+    type: Literal["none", "bearer", "basic", "header"]
+    header_name: str | None = None
+    header_value: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Price:
+    """What a call costs: a fixed number of credits, or read from a response header."""
+
+    fixed: int | None = None
+    header: str | None = None
+    min: int = 0
+    max: int = 0
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.header is not None
+
+    @property
+    def reserve(self) -> int:
+        """Credits to hold before forwarding: the fixed price or the dynamic maximum."""
+        return self.max if self.is_dynamic else int(self.fixed or 0)
+
+
+@dataclass(frozen=True)
+class EndpointRule:
+    source: str                           # the rule as written in the config (for logs)
+    methods: frozenset[str] | None        # None: any method
+    pattern: re.Pattern[str]              # matched with fullmatch on the normalized path
+    price: Price | None = None            # None: the plan's default price
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        return self.pattern.fullmatch(path) is not None
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    chain: str
+    standard: Literal["erc1155", "erc721"]
+    contract: str                         # checksummed
+    token_id: int | None                  # erc1155 only
+    credits: int                          # default price of a protected call
+    checkout_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    id: str
+    upstream: str                         # scheme://host[:port][/base], no trailing slash
+    upstream_auth: UpstreamAuth
+    timeout: float
+    did: str | None = None
+    did_label: str | None = None          # base36 form of the DID's number
+    hosts: tuple[str, ...] = ()
+    owner: str | None = None              # checksummed
+    open_endpoints: tuple[EndpointRule, ...] = ()
+    protected_endpoints: tuple[EndpointRule, ...] = ()
+    plan: PlanConfig | None = None
+    max_body: int = DEFAULT_MAX_BODY
+
+
+@dataclass(frozen=True)
+class PlanCacheConfig:
+    ttl: float = 10.0                     # positive answers
+    negative_ttl: float = 2.0             # balances that cover nothing
+    stale_if_error: float = 0.0           # serve a recent positive answer when no RPC answers
+    size: int = 100_000
+
+
+@dataclass(frozen=True)
+class MeteringConfig:
+    ledger: str
+    operator_key: str | None = field(default=None, repr=False)
+    settle_every: float = 30.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: ListenAddress
+    admin_listen: ListenAddress | None
+    workers: int
+    public_scheme: Literal["http", "https"]
+    base_domain: str
+    chains: Mapping[str, ChainConfig]
+    tokens: TokensConfig
+    services: Mapping[str, ServiceConfig]
+    plan_cache: PlanCacheConfig
+    metering: MeteringConfig | None
+    max_body: int = DEFAULT_MAX_BODY
+    source: Path | None = None
+
+    def public_url(self, service: ServiceConfig) -> str:
+        """The URL clients use for a service (its id label under base_domain)."""
+        port = "" if self.listen.port in (80, 443) or self.public_scheme == "https" else f":{self.listen.port}"
+        return f"{self.public_scheme}://{service.id}.{self.base_domain}{port}"

@@ -1,0 +1,139 @@
+"""`gateway demo`: the whole product on one machine, walked through.
+
+Starts a local chain (anvil), deploys the credits plan and mints credits to a
+subscriber, starts the example plugin and the gateway (real processes, on
+loopback), then shows what a client sees: an open endpoint, a protected one
+without a token, with a token but no credits, and with credits.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from gateway.devchain import DEV_ACCOUNTS, Anvil, DevChain, free_port
+from gateway.devprocess import REPO, ChildProcess
+from gateway.own_issuer import generate_signing_key
+
+OWNER, SUBSCRIBER, BROKE = DEV_ACCOUNTS[1][0], DEV_ACCOUNTS[2][0], DEV_ACCOUNTS[3][0]
+HOST = "elvis.proxy.localhost"
+
+
+def call(base: str, method: str, path: str, token: str | None = None, body: dict | None = None):
+    """One HTTP call through the gateway (the Host header picks the service)."""
+    headers = {"Host": HOST, "Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def _show(title: str, status: int, body: bytes, expect: int) -> bool:
+    mark = "ok " if status == expect else "FAIL"
+    text = body.decode(errors="replace")
+    print(f"[{mark}] {title}\n       -> {status} {text[:300]}{'…' if len(text) > 300 else ''}\n")
+    return status == expect
+
+
+def run_demo(once: bool = False, port: int = 0) -> int:
+    children: list[ChildProcess] = []
+    work = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    with Anvil() as anvil:
+        try:
+            return _walk_through(anvil, work, children, once, port or free_port())
+        finally:
+            for child in reversed(children):
+                child.stop()
+
+
+def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: bool, port: int) -> int:
+    chain = DevChain(anvil.rpc_url)
+    plan = chain.deploy_credits_plan()
+    chain.mint_credits(plan, SUBSCRIBER, 1, 5)
+    print(f"chain    {anvil.rpc_url} (anvil, chain id {anvil.chain_id})")
+    print(f"plan     CreditsPlan {plan}, token id 1: {SUBSCRIBER} holds 5 credits, {BROKE} holds 0")
+
+    upstream_secret = secrets.token_urlsafe(24)
+    plugin_port = free_port()
+    children.append(ChildProcess(
+        [sys.executable, "-m", "examples.song_plugin", "--port", str(plugin_port)],
+        ready=r"listening on", env={"SONG_PLUGIN_TOKEN": upstream_secret},
+    ))
+    print(f"plugin   http://127.0.0.1:{plugin_port} (the owner's secret is only known to it and the gateway)")
+
+    key_file = work / "signing-key.pem"
+    generate_signing_key(key_file, "ES256")
+    admin_port = free_port()
+    env = {
+        "GATEWAY_LISTEN": f"127.0.0.1:{port}", "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
+        "GATEWAY_SIGNING_KEY_FILE": str(key_file), "CHAIN_RPC_URL": anvil.rpc_url, "PLAN_CONTRACT": plan,
+        "ELVIS_UPSTREAM": f"http://127.0.0.1:{plugin_port}", "ELVIS_UPSTREAM_TOKEN": upstream_secret,
+    }
+    config = str(REPO / "config" / "gateway.yaml")
+    gateway = ChildProcess([sys.executable, "-m", "gateway", "serve", "--config", config],
+                           ready=r'"event": "listening"', env=env)
+    children.append(gateway)
+    base = f"http://127.0.0.1:{port}"
+    print(f"gateway  {base} (Host: {HOST}), admin http://127.0.0.1:{admin_port}/metrics\n")
+
+    tokens = {}
+    for who in (SUBSCRIBER, BROKE):
+        tokens[who] = ChildProcess(
+            [sys.executable, "-m", "gateway", "token", "issue", "--config", config, "--service", "elvis",
+             "--subscriber", who], ready=r"^ey", env=env).ready_match.string
+    print(f"token for {SUBSCRIBER}:\n  {tokens[SUBSCRIBER]}\n")
+    print("try it:")
+    print(f"  curl -s -H 'Host: {HOST}' {base}/.well-known/ai-plugin.json")
+    print(f"  curl -s -H 'Host: {HOST}' -H 'Authorization: Bearer {tokens[SUBSCRIBER][:16]}…' "
+          f"-H 'Content-Type: application/json' -d '{{\"queries\": [{{\"query\": \"love\"}}]}}' {base}/query\n")
+
+    query = {"queries": [{"query": "blue suede"}]}
+    ok = _show("open endpoint, no token: GET /.well-known/ai-plugin.json",
+               *_pick(call(base, "GET", "/.well-known/ai-plugin.json")), expect=200)
+    ok &= _show("protected endpoint, no token: POST /query", *_pick(call(base, "POST", "/query", body=query)), 401)
+    ok &= _show(f"protected endpoint, token of {BROKE} (no credits): POST /query",
+                *_pick(call(base, "POST", "/query", tokens[BROKE], query)), 402)
+    ok &= _show(f"protected endpoint, token of {SUBSCRIBER} (5 credits): POST /query",
+                *_pick(call(base, "POST", "/query", tokens[SUBSCRIBER], query)), 200)
+    ok &= _check_upstream_saw(plugin_port, upstream_secret, list(tokens.values()))
+
+    if not once:
+        print("everything is running; Ctrl-C stops it all")
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it all too
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print("stopping")
+    return 0 if ok else 1
+
+
+def _pick(answer):
+    status, _headers, body = answer
+    return status, body
+
+
+def _check_upstream_saw(plugin_port: int, secret: str, subscriber_tokens: list[str]) -> bool:
+    """Ask the plugin what it received: the owner's secret, and never a subscriber's token."""
+    req = urllib.request.Request(f"http://127.0.0.1:{plugin_port}/debug/requests",
+                                 headers={"Authorization": f"Bearer {secret}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        seen = json.loads(resp.read())
+    text = json.dumps(seen)
+    got_secret = any(r["path"] == "/query" and f"Bearer {secret}" in json.dumps(r["headers"]) for r in seen)
+    leaked = any(tok in text for tok in subscriber_tokens)
+    good = got_secret and not leaked
+    print(f"[{'ok ' if good else 'FAIL'}] the plugin saw the owner's secret on /query: {got_secret}; "
+          f"a subscriber token reached it: {leaked}\n")
+    return good

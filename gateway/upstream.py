@@ -1,0 +1,109 @@
+"""Forwarding to the upstream service over one shared, pooled client (SPEC §7).
+
+`Upstream.send` streams the client's body upstream and returns once the
+upstream's status line and headers are in, so that the caller can decide (and
+record) a charge from the status alone; `relay` then streams the body back
+chunk by chunk as it arrives (SSE, chunked, long downloads). Bytes pass
+through untouched: the client session never decompresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config import ServiceConfig
+from gateway.headers import client_response_headers
+from gateway.problems import Problem
+
+CHUNK = 64 * 1024
+
+
+def create_session(total_connections: int = 1000) -> aiohttp.ClientSession:
+    """The one client session every upstream call shares (connection pooling, keep-alive)."""
+    connector = aiohttp.TCPConnector(limit=total_connections, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # raw bytes: no stale Content-Encoding / Content-Length
+        cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must not keep one client's cookies for another
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+    )
+
+
+def target_url(service: ServiceConfig, path: str, query: str) -> URL:
+    """Upstream base + exactly the path that was authorized + the original query string."""
+    return URL(service.upstream + path + (f"?{query}" if query else ""), encoded=True)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _limited_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in request.content.iter_any():
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge()
+        yield chunk
+
+
+class Upstream:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def send(
+        self, request: web.Request, service: ServiceConfig, url: URL, headers: CIMultiDict[str]
+    ) -> aiohttp.ClientResponse:
+        """Send the request; return the upstream's response with only its head read."""
+        if request.content_length is not None and request.content_length > service.max_body:
+            # Why: refuse before forwarding anything when the client announces an oversized body.
+            raise Problem(413, "body_too_large", f"request body exceeds {service.max_body} bytes")
+        has_body = request.body_exists
+        try:
+            return await self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=_limited_body(request, service.max_body) if has_body else None,
+                allow_redirects=False,  # redirects are the client's to follow
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=service.timeout, sock_read=service.timeout),
+            )
+        except BodyTooLarge:
+            raise Problem(413, "body_too_large", f"request body exceeds {service.max_body} bytes") from None
+        except asyncio.TimeoutError:
+            raise Problem(504, "upstream_timeout", f"upstream did not answer within {service.timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise Problem(502, "upstream_unavailable", f"upstream unreachable: {type(exc).__name__}") from None
+
+    async def relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        extra_headers: dict[str, str],
+        strip: frozenset[str] = frozenset(),
+    ) -> web.StreamResponse:
+        """Stream the upstream's answer to the client as it arrives."""
+        headers = client_response_headers(upstream.headers, strip=strip)
+        headers.update(extra_headers)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                await response.write(chunk)
+        except asyncio.TimeoutError:
+            # The head was sent already: all we can do is cut the stream, which the client sees.
+            request.transport and request.transport.close()
+            return response
+        except aiohttp.ClientError:
+            request.transport and request.transport.close()
+            return response
+        finally:
+            upstream.release()
+        await response.write_eof()
+        return response
