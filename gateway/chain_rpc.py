@@ -121,7 +121,8 @@ class JsonRpcClient:
             raise _Skip(f"no answer within {timeout:g}s") from None
         except aiohttp.ClientConnectorError as exc:
             # Its text is host:port plus the OS error: nothing secret, but keep it short.
-            raise _Skip(f"connection failed ({exc.os_error.strerror or type(exc.os_error).__name__})") from None
+            reason = exc.os_error.strerror or type(exc.os_error).__name__
+            raise _Skip(f"connection failed ({reason})") from None
         except (aiohttp.ClientError, OSError) as exc:
             # Other aiohttp errors may embed the full URL (with its secrets): print the type only.
             raise _Skip(type(exc).__name__) from None
@@ -138,12 +139,12 @@ class JsonRpcClient:
     async def eth_call(self, to: str, data: bytes, block: str = "latest") -> bytes:
         """`eth_call` of `data` on contract `to`; the raw return bytes."""
         result = await self.request("eth_call", [{"to": to, "data": "0x" + data.hex()}, block])
-        if not isinstance(result, str) or not result.startswith("0x"):
-            raise ChainUnavailable(f"chain {self.chain.name!r}: eth_call result is not hex: {result!r:.80}")
-        try:
-            return bytes.fromhex(result[2:])
-        except ValueError:
-            raise ChainUnavailable(f"chain {self.chain.name!r}: eth_call result is not hex: {result!r:.80}") from None
+        if isinstance(result, str) and result.startswith("0x"):
+            try:
+                return bytes.fromhex(result[2:])
+            except ValueError:
+                pass
+        raise ChainUnavailable(f"chain {self.chain.name!r}: eth_call result is not hex: {result!r:.80}")
 
 
 def _unwrap(answer: dict, request_id: int) -> Any:

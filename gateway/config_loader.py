@@ -174,7 +174,7 @@ def _chains(node: _Node | None, problems: list[str]) -> dict[str, ChainConfig]:
         chains[str(name)] = ChainConfig(
             name=str(name),
             chain_id=c.get("chain_id", v.integer(1)),
-            rpc_urls=c.get("rpc_urls", v.list_of(v.http_url, min_items=1)),
+            rpc_urls=tuple(c.get("rpc_urls", v.list_of(v.http_url, min_items=1)) or ()),
             timeout=c.get("timeout", v.duration, 2.0),
         )
         c.done()
@@ -185,7 +185,7 @@ def _tokens(node: _Node | None, base_dir: Path, problems: list[str]) -> TokensCo
     if node is None:
         return TokensConfig(issuers=(), own=None, leeway=30.0)
     issuers = []
-    for i, raw in enumerate(node.get("issuers", v.list_of(lambda x: x), [])):
+    for i, raw in enumerate(node.get("issuers", v.list_of(lambda x: x), []) or []):
         issuers.append(_issuer(_Node(raw, node.at(f"issuers[{i}]"), problems), base_dir))
     own = None
     own_node = node.child("own")
@@ -212,7 +212,7 @@ def _tokens(node: _Node | None, base_dir: Path, problems: list[str]) -> TokensCo
 def _issuer(n: _Node, base_dir: Path) -> IssuerConfig:
     issuer = IssuerConfig(
         issuer=n.get("issuer", v.non_empty),
-        algorithms=tuple(n.get("algorithms", v.list_of(v.choice(*ALGORITHMS), min_items=1), ())),
+        algorithms=tuple(n.get("algorithms", v.list_of(v.choice(*ALGORITHMS), min_items=1), ()) or ()),
         jwks_url=n.get("jwks_url", v.http_url, None),
         jwks_file=n.get("jwks_file", v.existing_file(base_dir), None),
         public_key_file=n.get("public_key_file", v.existing_file(base_dir), None),
@@ -254,7 +254,7 @@ def _services(
             id=sid,
             did=did,
             did_label=did_label(did) if did else None,
-            hosts=tuple(s.get("hosts", v.list_of(v.domain), ())),
+            hosts=tuple(s.get("hosts", v.list_of(v.domain), ()) or ()),
             upstream=s.get("upstream", v.upstream_url),
             upstream_auth=_upstream_auth(s.child("upstream_auth")),
             timeout=s.get("timeout", v.duration, 60.0),
@@ -283,7 +283,7 @@ def _services(
 
 def _rules(s: _Node, key: str, with_price: bool) -> tuple[EndpointRule, ...]:
     rules = []
-    for i, raw in enumerate(s.get(key, v.list_of(lambda x: x), [])):
+    for i, raw in enumerate(s.get(key, v.list_of(lambda x: x), []) or []):
         path = f"{s.at(key)}[{i}]"
         price = None
         if isinstance(raw, Mapping) and with_price:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509 import load_pem_x509_certificate
@@ -113,7 +114,8 @@ def parse_jwks(document: Any) -> list[VerificationKey]:
             key = _FROM_JWK[jwk["kty"]](jwk)
         except (jwt.exceptions.InvalidKeyError, ValueError, TypeError, KeyError):
             continue  # Why: one malformed entry must not take down the issuer's other keys.
-        key = key.public_key() if hasattr(key, "private_numbers") else key
+        # Why: a JWKS that leaks private keys is still only used for verifying.
+        key = key.public_key() if callable(getattr(key, "public_key", None)) else key
         kid, alg = jwk.get("kid"), jwk.get("alg")
         keys.append(VerificationKey(key, kid if isinstance(kid, str) else None, alg if isinstance(alg, str) else None))
     return keys
@@ -129,7 +131,7 @@ def load_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey | ed25519.E
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
         raise ValueError(f"{path}: password-protected keys are not supported") from None
-    except (ValueError, serialization.UnsupportedAlgorithm):
+    except (ValueError, UnsupportedAlgorithm):
         raise ValueError(f"{path}: not a PEM private key") from None
     signing_algorithm(key, path)
     return key  # type: ignore[return-value]
@@ -192,14 +194,14 @@ class OwnIssuer:
         lifetime = self.config.ttl if ttl is None else ttl
         if lifetime <= 0:
             raise ValueError("ttl must be positive")
-        now = int(self._clock())
+        now = self._clock()
         claims = {
             "iss": self.issuer,
             "sub": to_checksum_address(subscriber),
             "aud": list(audience),
-            "iat": now,
-            "nbf": now,
-            "exp": now + int(lifetime),
+            "iat": int(now),
+            "nbf": int(now),
+            "exp": int(now + lifetime),
             "jti": jti or uuid.uuid4().hex,
         }
         return jwt.encode(claims, self._key, algorithm=self.algorithm, headers={"kid": self.kid})

@@ -91,7 +91,7 @@ class Pipeline:
     async def _decide_and_forward(
         self, request: web.Request, raw_path: str, query: str, out: Outcome
     ) -> web.StreamResponse:
-        service = self.router.resolve(request.host)
+        service = self.router.resolve(request.headers.get("Host"))
         out.service = service.id
         path = normalize_path(raw_path)
         out.path = path
@@ -116,7 +116,7 @@ class Pipeline:
                 await require_plan(self.plans, chain_id, service, price, subscriber)
                 out.credits = price.reserve
         headers = upstream_request_headers(
-            request.headers, service, peer=request.remote, public_host=request.host,
+            request.headers, service, peer=request.remote, public_host=request.headers.get("Host", ""),
             public_scheme=self.config.public_scheme, req_id=out.request_id, subscriber=subscriber,
         )
         url = target_url(service, path, query)

@@ -81,6 +81,11 @@ class PlanChecker:
             ("hits", "misses", "coalesced", "rpc_calls", "errors", "stale"), 0
         )
 
+    @property
+    def in_flight(self) -> int:
+        """Balance calls currently waiting for the chain (a gauge for metrics)."""
+        return len(self._inflight)
+
     def _expires(self, _key: CacheKey, value: tuple[int, float], _now: float) -> float:
         balance, fetched_at = value
         if balance > 0:
@@ -157,9 +162,8 @@ class PlanChecker:
                 return balance
         reason = "the node returned an error" if isinstance(exc, RpcError) else "no RPC node answered"
         # The detail goes to the client: no RPC URLs in it. The full reason is the __cause__.
-        raise Problem(
-            503, "chain_unavailable", f"cannot read the plan on chain {plan.chain!r}: {reason}; try again later"
-        ) from exc
+        detail = f"cannot read the plan on chain {plan.chain!r}: {reason}; try again later"
+        raise Problem(503, "chain_unavailable", detail) from exc
 
     def invalidate(self, plan: PlanConfig, subscriber: str) -> None:
         """Forget a subscriber's cached balance (e.g. after a settlement burned credits).

@@ -44,13 +44,20 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def _limited_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    seen = 0
-    async for chunk in request.content.iter_any():
-        seen += len(chunk)
-        if seen > limit:
-            raise BodyTooLarge()
-        yield chunk
+class _LimitedBody:
+    """The client's body, streamed; stops (and remembers why) once it passes `limit` bytes."""
+
+    def __init__(self, request: web.Request, limit: int) -> None:
+        self.request, self.limit, self.exceeded = request, limit, False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.request.content.iter_any():
+            seen += len(chunk)
+            if seen > self.limit:
+                self.exceeded = True
+                raise BodyTooLarge()
+            yield chunk
 
 
 class Upstream:
@@ -64,21 +71,22 @@ class Upstream:
         if request.content_length is not None and request.content_length > service.max_body:
             # Why: refuse before forwarding anything when the client announces an oversized body.
             raise Problem(413, "body_too_large", f"request body exceeds {service.max_body} bytes")
-        has_body = request.body_exists
+        body = _LimitedBody(request, service.max_body) if request.body_exists else None
         try:
             return await self.session.request(
                 request.method,
                 url,
                 headers=headers,
-                data=_limited_body(request, service.max_body) if has_body else None,
+                data=body.chunks() if body else None,
                 allow_redirects=False,  # redirects are the client's to follow
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=service.timeout, sock_read=service.timeout),
             )
-        except BodyTooLarge:
-            raise Problem(413, "body_too_large", f"request body exceeds {service.max_body} bytes") from None
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError:  # first: aiohttp's ServerTimeoutError is also a ClientError
             raise Problem(504, "upstream_timeout", f"upstream did not answer within {service.timeout:g}s") from None
-        except aiohttp.ClientError as exc:
+        except (BodyTooLarge, aiohttp.ClientError) as exc:
+            # aiohttp wraps an error raised by the body generator in a ClientError: check the flag.
+            if body is not None and body.exceeded:
+                raise Problem(413, "body_too_large", f"request body exceeds {service.max_body} bytes") from None
             raise Problem(502, "upstream_unavailable", f"upstream unreachable: {type(exc).__name__}") from None
 
     async def relay(

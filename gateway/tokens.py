@@ -1,0 +1,297 @@
+"""Bearer-token verification: who is calling, and is the token meant for this service.
+
+`TokenVerifier.verify` turns an `Authorization` header into a `Subscriber` or raises a
+`Problem` (401 `missing_token` / `invalid_token` with an RFC 6750 challenge, 403
+`wrong_audience`). The order is fixed: scheme, structure, issuer, algorithm allowlist, key,
+signature and required claims, time claims, subject, and only then audience, so that an
+unsigned or expired token is always a 401 whatever audience it claims.
+
+Keys come from the issuer's configuration only: a shared secret (HS256), a PEM public key, a
+JWKS file, a JWKS URL (fetched async, cached, refetched at most once per 30 s on an unknown
+`kid`, concurrent refetches coalesced), or the gateway's own signing key. Nothing in a token's
+header (`jku`, `x5u`, `jwk`) ever selects where keys come from.
+
+Verified tokens are cached by the SHA-256 of the token, per service, and never past `exp` plus
+the leeway. All time checks use the injected clock so that the cache and the checks agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import aiohttp
+import jwt
+from cachetools import LRUCache
+from eth_utils import to_checksum_address
+
+from gateway.config import IssuerConfig, ServiceConfig, TokensConfig
+from gateway.own_issuer import ADDRESS, OwnIssuer, VerificationKey, load_public_key_file, parse_jwks
+from gateway.problems import Problem, bearer_challenge
+
+log = logging.getLogger(__name__)
+
+JWKS_TIMEOUT = 5.0           # seconds for one JWKS fetch, connect to last byte
+JWKS_REFETCH_INTERVAL = 30.0  # at most one unknown-kid refetch per issuer in this many seconds
+JWKS_MAX_AGE = 300.0          # a fetched JWKS is refreshed when next needed after this long
+JWKS_MAX_BYTES = 1 << 20
+ASYMMETRIC = frozenset({"ES256", "ES256K", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+REQUIRED_CLAIMS = ["exp", "iss", "sub", "aud"]
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    address: str          # checksummed 0x address from `sub`
+    issuer: str
+    expires_at: float     # exp
+    token_id: str | None  # jti
+
+
+class _RemoteJwks:
+    """One issuer's JWKS URL: fetched when first needed, cached, refetched sparingly."""
+
+    def __init__(self, url: str, session: Callable[[], aiohttp.ClientSession], clock: Callable[[], float]) -> None:
+        self.url, self._session, self._clock = url, session, clock
+        self.keys: list[VerificationKey] | None = None
+        self.fetches = 0
+        self._fetched_at = self._kid_refetch_at = self._retry_after = -math.inf
+        self._inflight: asyncio.Task[None] | None = None
+
+    async def current(self) -> list[VerificationKey]:
+        now = self._clock()
+        # Why: after a failed fetch wait before trying again, so a dead JWKS URL is not hammered
+        # by every request; stale keys keep working meanwhile.
+        if (self.keys is None or now - self._fetched_at >= JWKS_MAX_AGE) and now >= self._retry_after:
+            await self._refresh()
+        return self.keys or []
+
+    async def refetch_for_unknown_kid(self) -> bool:
+        """Refetch because a token names a key we do not have; False when rate-limited."""
+        if self._inflight is None:
+            now = self._clock()
+            # Why: tokens with random `kid`s must not turn the gateway into a JWKS flooder.
+            if now - self._kid_refetch_at < JWKS_REFETCH_INTERVAL or now < self._retry_after:
+                return False
+            self._kid_refetch_at = now
+        await self._refresh()  # Why: a refetch already in flight answers this token too.
+        return True
+
+    async def _refresh(self) -> None:
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._fetch())
+        # Why shield: one caller giving up (client hang-up) must not cancel the others' fetch.
+        await asyncio.shield(self._inflight)
+
+    async def _fetch(self) -> None:
+        self.fetches += 1
+        try:
+            timeout = aiohttp.ClientTimeout(total=JWKS_TIMEOUT)
+            # Why no redirects: the key source is exactly the configured URL (TLS verified by default).
+            async with self._session().get(self.url, timeout=timeout, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise ValueError(f"HTTP {resp.status}")
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(65536):
+                    body += chunk
+                    if len(body) > JWKS_MAX_BYTES:
+                        raise ValueError("JWKS larger than 1 MiB")
+            self.keys = parse_jwks(json.loads(body))
+            self._fetched_at = self._clock()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            self._retry_after = self._clock() + JWKS_REFETCH_INTERVAL
+            log.warning("JWKS fetch failed for %s: %s", self.url, exc or type(exc).__name__)
+        finally:
+            self._inflight = None
+
+
+@dataclass
+class _Issuer:
+    name: str
+    algorithms: frozenset[str]
+    secret: bytes | None = None
+    keys: list[VerificationKey] | None = None  # static: public_key_file, jwks_file, own key
+    remote: _RemoteJwks | None = None
+    ignore_kid: bool = False                    # single-key sources: the key is the key
+
+
+class TokenVerifier:
+    """Verifies bearer tokens for every service against the configured issuers."""
+
+    def __init__(
+        self, config: TokensConfig, http: aiohttp.ClientSession | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._clock = clock
+        self._leeway = float(config.leeway)
+        self._http = http
+        self._owns_http = False
+        self._issuers = {ic.issuer: self._issuer(ic) for ic in config.issuers}
+        if config.own is not None:
+            own = OwnIssuer(config.own, clock=clock)
+            self._issuers[own.issuer] = _Issuer(
+                own.issuer, frozenset({own.algorithm}), keys=[own.verification_key()], ignore_kid=True
+            )
+        self._cache: LRUCache[tuple[str, str, str], Subscriber] | None = (
+            LRUCache(maxsize=config.cache_size) if config.cache_size > 0 else None
+        )
+
+    def _issuer(self, ic: IssuerConfig) -> _Issuer:
+        sources = [s for s in (ic.jwks_url, ic.jwks_file, ic.public_key_file, ic.secret) if s is not None]
+        if len(sources) != 1:
+            raise ValueError(f"issuer {ic.issuer}: exactly one of jwks_url, jwks_file, public_key_file, secret")
+        if ic.secret is not None:
+            if len(ic.secret.encode()) < 32:
+                raise ValueError(f"issuer {ic.issuer}: the HS256 secret must be at least 32 bytes")
+            # Why: HMAC is only ever verified with a configured shared secret, never with a key
+            # an attacker can read (the "HS256 signed with the public key" confusion).
+            return _Issuer(ic.issuer, frozenset(ic.algorithms) & {"HS256"}, secret=ic.secret.encode())
+        # Why: an asymmetric issuer never accepts HS*/none, whatever its allowlist says.
+        algorithms = frozenset(ic.algorithms) & ASYMMETRIC
+        if ic.public_key_file is not None:
+            return _Issuer(ic.issuer, algorithms, keys=[load_public_key_file(ic.public_key_file)], ignore_kid=True)
+        if ic.jwks_file is not None:
+            return _Issuer(ic.issuer, algorithms, keys=parse_jwks(json.loads(ic.jwks_file.read_bytes())))
+        return _Issuer(ic.issuer, algorithms, remote=_RemoteJwks(str(ic.jwks_url), self._session, self._clock))
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http, self._owns_http = aiohttp.ClientSession(), True
+        return self._http
+
+    async def close(self) -> None:
+        """Close the HTTP session if this verifier created it (one passed in is the caller's)."""
+        if self._owns_http and self._http is not None:
+            await self._http.close()
+            self._http, self._owns_http = None, False
+
+    async def verify(self, authorization: str | None, service: ServiceConfig, public_url: str) -> Subscriber:
+        token = _bearer_token(authorization, service)
+        key = (hashlib.sha256(token.encode()).hexdigest(), service.id, public_url)
+        cached = self._cache.get(key) if self._cache is not None else None
+        if cached is not None:
+            # Why: a cached answer is exactly as valid as re-verifying would be, never longer.
+            if self._clock() < cached.expires_at + self._leeway:
+                return cached
+            self._cache.pop(key, None)  # type: ignore[union-attr]
+        subscriber = await self._verify(token, service, public_url)
+        if self._cache is not None:
+            self._cache[key] = subscriber
+        return subscriber
+
+    async def _verify(self, token: str, service: ServiceConfig, public_url: str) -> Subscriber:
+        if token.count(".") == 4:
+            raise _invalid(service, "encrypted tokens (JWE) are not accepted; use a signed JWT")
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError:
+            raise _invalid(service, "malformed token") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg.lower() == "none":
+            # Why: an unsigned token proves nothing; refused before anything else is looked at.
+            raise _invalid(service, "unsigned tokens are not accepted")
+        if "crit" in header:
+            # Why: RFC 7515 §4.1.11 requires refusing critical extensions we do not implement.
+            raise _invalid(service, "critical header extensions are not supported")
+        issuer = self._issuers.get(unverified.get("iss")) if isinstance(unverified.get("iss"), str) else None
+        if issuer is None:
+            # Why: only configured issuers (exact match) are trusted; the token's value is not echoed.
+            raise _invalid(service, "unknown or missing issuer")
+        if alg not in issuer.algorithms:
+            raise _invalid(service, f"algorithm not allowed for issuer {issuer.name}")
+        key = issuer.secret if issuer.secret is not None else await self._public_key(issuer, header.get("kid"), alg, service)
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=[alg], issuer=issuer.name,
+                # Why: time claims are checked below with our clock (the cache uses the same clock);
+                # audience after expiry, so that a stale token for another service is still a 401.
+                options={"require": REQUIRED_CLAIMS, "verify_exp": False, "verify_nbf": False,
+                         "verify_iat": False, "verify_aud": False},
+            )
+        except jwt.InvalidSignatureError:
+            raise _invalid(service, "signature verification failed") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise _invalid(service, f"missing required claim {exc.claim!r}") from None
+        except jwt.InvalidSubjectError:
+            raise _invalid(service, "sub must be an Ethereum address (0x + 40 hex digits)") from None
+        except jwt.PyJWTError:
+            raise _invalid(service, "malformed token") from None
+        expires_at = self._check_times(claims, service)
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not ADDRESS.fullmatch(sub):
+            # Why: the subscriber is who pays; anything but an address cannot be checked on chain.
+            raise _invalid(service, "sub must be an Ethereum address (0x + 40 hex digits)")
+        audiences = [claims["aud"]] if isinstance(claims["aud"], str) else claims["aud"]
+        if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) for a in audiences):
+            raise _invalid(service, "aud must be a string or a non-empty list of strings")
+        accepted = {service.id, public_url.rstrip("/")}
+        if not any(a.rstrip("/") in accepted for a in audiences):
+            # Why 403, not 401: the token is genuine, it is just for another service.
+            raise Problem(403, "wrong_audience", f"token is not for service {service.id}")
+        jti = claims.get("jti")
+        return Subscriber(to_checksum_address(sub), issuer.name, expires_at, jti if isinstance(jti, str) else None)
+
+    async def _public_key(self, issuer: _Issuer, kid: Any, alg: str, service: ServiceConfig) -> Any:
+        if kid is not None and not isinstance(kid, str):
+            raise _invalid(service, "kid must be a string")
+        keys = issuer.keys if issuer.remote is None else await issuer.remote.current()
+        candidates = _candidates(keys or [], kid, alg, issuer.ignore_kid)
+        # Why: an unknown kid usually means the issuer rotated keys; one rate-limited refetch.
+        if not candidates and issuer.remote is not None and await issuer.remote.refetch_for_unknown_kid():
+            candidates = _candidates(issuer.remote.keys or [], kid, alg, issuer.ignore_kid)
+        if len(candidates) != 1:
+            # Why: no key, or several that could have signed a kid-less token: never guess.
+            if candidates:
+                raise _invalid(service, "token has no kid and the issuer has several keys")
+            raise _invalid(service, "no signing key of the issuer matches the token's kid and algorithm")
+        return candidates[0].key
+
+    def _check_times(self, claims: dict[str, Any], service: ServiceConfig) -> float:
+        now, leeway = self._clock(), self._leeway
+        times = {}
+        for name in ("exp", "nbf", "iat"):
+            value = claims.get(name)
+            if name != "exp" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise _invalid(service, f"{name} must be a number (seconds since the epoch)")
+            times[name] = float(value)
+        # Why the leeway on every side: issuer and gateway clocks drift (Envoy allows 60 s).
+        if times["exp"] <= now - leeway:
+            raise _invalid(service, "token expired")
+        if times.get("nbf", -math.inf) > now + leeway:
+            raise _invalid(service, "token not yet valid (nbf)")
+        if times.get("iat", -math.inf) > now + leeway:
+            raise _invalid(service, "token issued in the future (iat)")
+        return times["exp"]
+
+
+def _candidates(keys: list[VerificationKey], kid: str | None, alg: str, ignore_kid: bool) -> list[VerificationKey]:
+    """Keys that may have signed a token with this kid and alg (a kid-less token: any that fits)."""
+    if kid is not None and not ignore_kid:
+        return [k for k in keys if k.kid == kid and k.usable_for(alg)]
+    return [k for k in keys if k.usable_for(alg)]
+
+
+def _bearer_token(authorization: str | None, service: ServiceConfig) -> str:
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        # Why no error code in the challenge: RFC 6750 §3.1, a request without credentials.
+        raise Problem(
+            401, "missing_token", "send Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": bearer_challenge(realm=service.id)},
+        )
+    return token
+
+
+def _invalid(service: ServiceConfig, description: str) -> Problem:
+    return Problem(
+        401, "invalid_token", description,
+        headers={"WWW-Authenticate": bearer_challenge(realm=service.id, error="invalid_token", description=description)},
+    )

@@ -1,0 +1,185 @@
+"""Shared fixtures for integration tests: a real anvil with the plan contracts, the real
+example plugin and httpbin as upstream processes, and the real gateway app on a free port."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from yarl import URL
+
+from gateway.app import build_app
+from gateway.config import GatewayConfig
+from gateway.config_loader import parse_config
+from gateway.devchain import DEV_ACCOUNTS, Anvil, DevChain, free_port
+from gateway.devprocess import ChildProcess
+from gateway.own_issuer import OwnIssuer, generate_signing_key, load_private_key
+
+OWNER = DEV_ACCOUNTS[1][0]
+SUBSCRIBER = DEV_ACCOUNTS[2][0]   # holds credits
+BROKE = DEV_ACCOUNTS[3][0]        # holds nothing
+PASS_HOLDER = DEV_ACCOUNTS[4][0]  # holds an ERC-721 pass
+HOST = "elvis.proxy.localhost"
+START_CREDITS = 5
+
+
+@dataclass
+class Chain:
+    anvil: Anvil
+    dev: DevChain
+    credits_plan: str
+    access_pass: str
+
+    @property
+    def rpc_url(self) -> str:
+        return self.anvil.rpc_url
+
+
+@pytest.fixture(scope="session")
+def chain_session():
+    with Anvil() as anvil:
+        dev = DevChain(anvil.rpc_url)
+        plan = dev.deploy_credits_plan()
+        access_pass = dev.deploy_access_pass()
+        dev.mint_credits(plan, SUBSCRIBER, 1, START_CREDITS)
+        dev.mint_pass(access_pass, PASS_HOLDER)
+        yield Chain(anvil, dev, plan, access_pass)
+
+
+@pytest.fixture
+def chain(chain_session):
+    """The session's chain, reverted to its starting state after each test."""
+    snap = chain_session.dev.snapshot()
+    yield chain_session
+    chain_session.dev.revert(snap)
+
+
+@dataclass
+class Plugin:
+    url: str
+    secret: str
+
+
+@pytest.fixture(scope="session")
+def plugin():
+    secret = secrets.token_urlsafe(24)
+    child = ChildProcess([sys.executable, "-m", "examples.song_plugin", "--port", "0"],
+                         ready=r"listening on (http://\S+)", env={"SONG_PLUGIN_TOKEN": secret})
+    yield Plugin(child.ready_match.group(1), secret)
+    child.stop()
+
+
+@pytest.fixture(scope="session")
+def httpbin_url():
+    """httpbin (PyPI), a well-known third-party upstream, served by werkzeug in its own process."""
+    port = free_port()
+    code = ("import sys; from httpbin import app; from werkzeug.serving import run_simple; "
+            "print('httpbin ready', flush=True); run_simple('127.0.0.1', int(sys.argv[1]), app, threaded=True)")
+    child = ChildProcess([sys.executable, "-c", code, str(port)], ready=r"Running on http://127\.0\.0\.1")
+    yield f"http://127.0.0.1:{port}"
+    child.stop()
+
+
+@pytest.fixture(scope="session")
+def signing_key(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("keys") / "own.pem"
+    generate_signing_key(path, "ES256")
+    return path
+
+
+def base_config(chain: Chain | None, plugin: Plugin | None, signing_key: Path, **service: Any) -> dict:
+    """A config dict for one service `elvis` in front of the example plugin."""
+    svc: dict[str, Any] = {
+        "upstream": plugin.url if plugin else "http://127.0.0.1:9",
+        "upstream_auth": {"type": "bearer", "token": plugin.secret if plugin else "x"},
+        "owner": OWNER,
+        "open_endpoints": ["GET /health", "GET /status/:code"],
+        "protected_endpoints": [
+            "POST /query", {"endpoint": "POST /ask", "credits": 2}, "GET /stream", "GET /ws", "GET /debug/requests",
+        ],
+        "plan": {"chain": "local", "standard": "erc1155", "contract": chain.credits_plan if chain else OWNER,
+                 "token_id": 1, "credits": 1, "checkout_url": "https://example.com/buy"},
+    }
+    svc.update(service)
+    return {
+        "listen": "127.0.0.1:0",
+        "public_scheme": "http",
+        "base_domain": "proxy.localhost",
+        "chains": {"local": {"chain_id": 31337, "rpc_urls": [chain.rpc_url if chain else "http://127.0.0.1:9"],
+                             "timeout": "2s"}},
+        "tokens": {"own": {"issuer": "https://gateway.test", "signing_key_file": str(signing_key)}, "leeway": "5s"},
+        "services": {"elvis": svc},
+    }
+
+
+@dataclass
+class Gateway:
+    url: str
+    config: GatewayConfig
+    app: web.Application
+    session: aiohttp.ClientSession
+    issuer: OwnIssuer
+    log: list = field(default_factory=list)
+
+    def token(self, subscriber: str, audience: list[str] | None = None, ttl: float | None = None) -> str:
+        return self.issuer.issue(subscriber, audience or ["elvis"], ttl=ttl)
+
+    def sign(self, claims: dict, headers: dict | None = None) -> str:
+        """A token with arbitrary claims, signed by the gateway's own key."""
+        key = load_private_key(self.config.tokens.own.signing_key_file)
+        return jwt.encode(claims, key, algorithm=self.issuer.algorithm, headers={"kid": self.issuer.kid, **(headers or {})})
+
+    def request(self, method: str, path: str, *, token: str | None = None, host: str = HOST,
+                headers: dict | None = None, **kwargs) -> Any:
+        h = {"Host": host, **(headers or {})}
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+        # encoded=True: send the path exactly as written (no client-side dot-segment cleanup).
+        return self.session.request(method, URL(self.url + path, encoded=True), headers=h, **kwargs)
+
+
+async def start_gateway(data: dict) -> tuple[web.AppRunner, GatewayConfig]:
+    config = parse_config(data, {})
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, config
+
+
+@pytest_asyncio.fixture
+async def make_gateway(signing_key):
+    """Start the real gateway app on a free loopback port from a config dict."""
+    runners: list[web.AppRunner] = []
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def make(data: dict) -> Gateway:
+        runner, config = await start_gateway(data)
+        runners.append(runner)
+        session = aiohttp.ClientSession(auto_decompress=False)
+        sessions.append(session)
+        port = runner.addresses[0][1]
+        return Gateway(f"http://127.0.0.1:{port}", config, runner.app, session, OwnIssuer(config.tokens.own))
+
+    yield make
+    for session in sessions:
+        await session.close()
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def gateway(make_gateway, chain, plugin, signing_key) -> Gateway:
+    """The gateway in front of the example plugin, on the real chain; the plugin's request log is emptied."""
+    gw = await make_gateway(base_config(chain, plugin, signing_key))
+    async with gw.session.delete(f"{plugin.url}/debug/requests", headers={"Authorization": f"Bearer {plugin.secret}"}) as resp:
+        assert resp.status in (200, 204)
+    return gw
