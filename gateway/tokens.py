@@ -217,7 +217,7 @@ class TokenVerifier:
             raise _invalid(service, "signature verification failed") from None
         except jwt.MissingRequiredClaimError as exc:
             raise _invalid(service, f"missing required claim {exc.claim!r}") from None
-        except jwt.InvalidSubjectError:
+        except jwt.exceptions.InvalidSubjectError:
             raise _invalid(service, "sub must be an Ethereum address (0x + 40 hex digits)") from None
         except jwt.PyJWTError:
             raise _invalid(service, "malformed token") from None

@@ -1,6 +1,6 @@
 """A small, controllable upstream for tests that need to hold an answer open.
 
-`/hold` answers only once `release()` is called; `/sse` sends its first event
+`/echo/...` answers with exactly what it received; `/hold` answers only once `release()` is called; `/sse` sends its first event
 at once and the rest only after `release()`, so a test can prove that the first
 event crossed the gateway while the upstream was still busy. Synchronization
 is by asyncio.Event, never by sleeping.
@@ -29,6 +29,13 @@ class HeldUpstream:
         await self.released.wait()
         return web.json_response({"held": True})
 
+    async def _echo(self, request: web.Request) -> web.Response:
+        """What arrived, byte for byte: method, raw target, headers, body."""
+        body = await request.read()
+        return web.json_response({"method": request.method, "raw_path": request.raw_path,
+                                  "headers": list(request.headers.items()), "body": body.decode(errors="replace"),
+                                  "chunked": "chunked" in request.headers.get("Transfer-Encoding", "")})
+
     async def _sse(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -44,6 +51,7 @@ class HeldUpstream:
         app = web.Application()
         app.router.add_route("*", "/hold", self._hold)
         app.router.add_get("/sse", self._sse)
+        app.router.add_route("*", "/echo/{tail:.*}", self._echo)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
