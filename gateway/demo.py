@@ -93,10 +93,10 @@ def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: 
         tokens[who] = ChildProcess(
             [sys.executable, "-m", "gateway", "token", "issue", "--config", config, "--service", "elvis",
              "--subscriber", who], ready=r"^ey", env=env).ready_match.string
-    print(f"token for {SUBSCRIBER}:\n  {tokens[SUBSCRIBER]}\n")
-    print("try it:")
+    print(f"try it (token of {SUBSCRIBER}):")
+    print(f"  export TOKEN={tokens[SUBSCRIBER]}")
     print(f"  curl -s -H 'Host: {HOST}' {base}/.well-known/ai-plugin.json")
-    print(f"  curl -s -H 'Host: {HOST}' -H 'Authorization: Bearer {tokens[SUBSCRIBER][:16]}…' "
+    print(f"  curl -s -H 'Host: {HOST}' -H \"Authorization: Bearer $TOKEN\" "
           f"-H 'Content-Type: application/json' -d '{{\"queries\": [{{\"query\": \"love\"}}]}}' {base}/query\n")
 
     query = {"queries": [{"query": "blue suede"}]}

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -43,6 +44,7 @@ JWKS_MAX_AGE = 300.0          # a fetched JWKS is refreshed when next needed aft
 JWKS_MAX_BYTES = 1 << 20
 ASYMMETRIC = frozenset({"ES256", "ES256K", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 REQUIRED_CLAIMS = ["exp", "iss", "sub", "aud"]
+B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750 §2.1
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,6 @@ class _RemoteJwks:
     def __init__(self, url: str, session: Callable[[], aiohttp.ClientSession], clock: Callable[[], float]) -> None:
         self.url, self._session, self._clock = url, session, clock
         self.keys: list[VerificationKey] | None = None
-        self.fetches = 0
         self._fetched_at = self._kid_refetch_at = self._retry_after = -math.inf
         self._inflight: asyncio.Task[None] | None = None
 
@@ -89,7 +90,6 @@ class _RemoteJwks:
         await asyncio.shield(self._inflight)
 
     async def _fetch(self) -> None:
-        self.fetches += 1
         try:
             timeout = aiohttp.ClientTimeout(total=JWKS_TIMEOUT)
             # Why no redirects: the key source is exactly the configured URL (TLS verified by default).
@@ -237,8 +237,6 @@ class TokenVerifier:
         return Subscriber(to_checksum_address(sub), issuer.name, expires_at, jti if isinstance(jti, str) else None)
 
     async def _public_key(self, issuer: _Issuer, kid: Any, alg: str, service: ServiceConfig) -> Any:
-        if kid is not None and not isinstance(kid, str):
-            raise _invalid(service, "kid must be a string")
         keys = issuer.keys if issuer.remote is None else await issuer.remote.current()
         candidates = _candidates(keys or [], kid, alg, issuer.ignore_kid)
         # Why: an unknown kid usually means the issuer rotated keys; one rate-limited refetch.
@@ -287,6 +285,9 @@ def _bearer_token(authorization: str | None, service: ServiceConfig) -> str:
             401, "missing_token", "send Authorization: Bearer <token>",
             headers={"WWW-Authenticate": bearer_challenge(realm=service.id)},
         )
+    if not B64TOKEN.fullmatch(token):
+        # Why: RFC 6750 b64token charset; also keeps non-ASCII bytes away from hashing and parsing.
+        raise _invalid(service, "malformed token")
     return token
 
 

@@ -206,7 +206,8 @@ async def test_wrong_scheme_is_missing_token(tmp_path, scheme):
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("garbage", ["not-a-jwt", "a.b.c", "....", "eyJhbGciOiJFUzI1NiJ9.e30", "x y z",
+@pytest.mark.parametrize("garbage", ["not-a-jwt", "a.b.c", "....", "eyJhbGciOiJFUzI1NiJ9.e30", "x y z", "é.é.é",
+                                     "e30.e30.\udcff", "e30\x00.e30.e30", "e30.e30.e30\n",
                                      "e30.e30.e30.e30.e30", base64.b64encode(b"user:pass").decode()])
 async def test_garbage_token_is_invalid_token(tmp_path, garbage):
     v = verifier(jwks_file_issuer(tmp_path, [jwk("ES256")]))
