@@ -39,6 +39,7 @@ SIGNING_KINDS = ("ES256", "EdDSA")
 # algorithm it fits, so a JWKS entry or PEM file can never be coerced into another algorithm.
 _EC_CURVES = {"ES256": ec.SECP256R1, "ES256K": ec.SECP256K1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 _RSA_ALGS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+ASYMMETRIC_ALGORITHMS = frozenset(_EC_CURVES) | _RSA_ALGS | {"EdDSA"}
 _FROM_JWK = {"EC": ECAlgorithm.from_jwk, "RSA": RSAAlgorithm.from_jwk, "OKP": OKPAlgorithm.from_jwk}
 
 PublicKey = Any  # a cryptography public key object
@@ -87,6 +88,13 @@ class VerificationKey:
         return (self.alg is None or self.alg == algorithm) and key_fits(algorithm, self.key)
 
 
+def candidate_keys(keys: list[VerificationKey], kid: str | None, alg: str, ignore_kid: bool) -> list[VerificationKey]:
+    """Keys that may have signed a token with this kid and alg (a kid-less token: any that fits)."""
+    if kid is not None and not ignore_kid:
+        return [k for k in keys if k.kid == kid and k.usable_for(alg)]
+    return [k for k in keys if k.usable_for(alg)]
+
+
 def load_public_key_file(path: Path) -> VerificationKey:
     """A PEM public key (or certificate) file; `kid` is not known, so it is never matched."""
     data = Path(path).read_bytes()
@@ -98,6 +106,13 @@ def load_public_key_file(path: Path) -> VerificationKey:
         except ValueError:
             raise ValueError(f"{path}: not a PEM public key or certificate") from None
     return VerificationKey(key=key)
+
+
+def load_jwks_file(path: Path) -> list[VerificationKey]:
+    try:
+        return parse_jwks(json.loads(Path(path).read_bytes()))
+    except ValueError as exc:  # JSON syntax errors included
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def parse_jwks(document: Any) -> list[VerificationKey]:

@@ -33,7 +33,10 @@ from cachetools import LRUCache
 from eth_utils import to_checksum_address
 
 from gateway.config import IssuerConfig, ServiceConfig, TokensConfig
-from gateway.own_issuer import ADDRESS, OwnIssuer, VerificationKey, load_public_key_file, parse_jwks
+from gateway.own_issuer import (
+    ADDRESS, ASYMMETRIC_ALGORITHMS, OwnIssuer, VerificationKey, candidate_keys, load_jwks_file,
+    load_public_key_file, parse_jwks,
+)
 from gateway.problems import Problem, bearer_challenge
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,6 @@ JWKS_TIMEOUT = 5.0           # seconds for one JWKS fetch, connect to last byte
 JWKS_REFETCH_INTERVAL = 30.0  # at most one unknown-kid refetch per issuer in this many seconds
 JWKS_MAX_AGE = 300.0          # a fetched JWKS is refreshed when next needed after this long
 JWKS_MAX_BYTES = 1 << 20
-ASYMMETRIC = frozenset({"ES256", "ES256K", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 REQUIRED_CLAIMS = ["exp", "iss", "sub", "aud"]
 B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750 §2.1
 
@@ -103,7 +105,7 @@ class _RemoteJwks:
                         raise ValueError("JWKS larger than 1 MiB")
             self.keys = parse_jwks(json.loads(body))
             self._fetched_at = self._clock()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except Exception as exc:  # Why: whatever the key server does, callers get a 401, never a 500.
             self._retry_after = self._clock() + JWKS_REFETCH_INTERVAL
             log.warning("JWKS fetch failed for %s: %s", self.url, exc or type(exc).__name__)
         finally:
@@ -151,11 +153,11 @@ class TokenVerifier:
             # an attacker can read (the "HS256 signed with the public key" confusion).
             return _Issuer(ic.issuer, frozenset(ic.algorithms) & {"HS256"}, secret=ic.secret.encode())
         # Why: an asymmetric issuer never accepts HS*/none, whatever its allowlist says.
-        algorithms = frozenset(ic.algorithms) & ASYMMETRIC
+        algorithms = frozenset(ic.algorithms) & ASYMMETRIC_ALGORITHMS
         if ic.public_key_file is not None:
             return _Issuer(ic.issuer, algorithms, keys=[load_public_key_file(ic.public_key_file)], ignore_kid=True)
         if ic.jwks_file is not None:
-            return _Issuer(ic.issuer, algorithms, keys=parse_jwks(json.loads(ic.jwks_file.read_bytes())))
+            return _Issuer(ic.issuer, algorithms, keys=load_jwks_file(ic.jwks_file))
         return _Issuer(ic.issuer, algorithms, remote=_RemoteJwks(str(ic.jwks_url), self._session, self._clock))
 
     def _session(self) -> aiohttp.ClientSession:
@@ -204,7 +206,9 @@ class TokenVerifier:
             raise _invalid(service, "unknown or missing issuer")
         if alg not in issuer.algorithms:
             raise _invalid(service, f"algorithm not allowed for issuer {issuer.name}")
-        key = issuer.secret if issuer.secret is not None else await self._public_key(issuer, header.get("kid"), alg, service)
+        key = issuer.secret
+        if key is None:
+            key = await self._public_key(issuer, header.get("kid"), alg, service)
         try:
             claims = jwt.decode(
                 token, key, algorithms=[alg], issuer=issuer.name,
@@ -238,10 +242,10 @@ class TokenVerifier:
 
     async def _public_key(self, issuer: _Issuer, kid: Any, alg: str, service: ServiceConfig) -> Any:
         keys = issuer.keys if issuer.remote is None else await issuer.remote.current()
-        candidates = _candidates(keys or [], kid, alg, issuer.ignore_kid)
+        candidates = candidate_keys(keys or [], kid, alg, issuer.ignore_kid)
         # Why: an unknown kid usually means the issuer rotated keys; one rate-limited refetch.
         if not candidates and issuer.remote is not None and await issuer.remote.refetch_for_unknown_kid():
-            candidates = _candidates(issuer.remote.keys or [], kid, alg, issuer.ignore_kid)
+            candidates = candidate_keys(issuer.remote.keys or [], kid, alg, issuer.ignore_kid)
         if len(candidates) != 1:
             # Why: no key, or several that could have signed a kid-less token: never guess.
             if candidates:
@@ -269,13 +273,6 @@ class TokenVerifier:
         return times["exp"]
 
 
-def _candidates(keys: list[VerificationKey], kid: str | None, alg: str, ignore_kid: bool) -> list[VerificationKey]:
-    """Keys that may have signed a token with this kid and alg (a kid-less token: any that fits)."""
-    if kid is not None and not ignore_kid:
-        return [k for k in keys if k.kid == kid and k.usable_for(alg)]
-    return [k for k in keys if k.usable_for(alg)]
-
-
 def _bearer_token(authorization: str | None, service: ServiceConfig) -> str:
     scheme, _, token = (authorization or "").strip().partition(" ")
     token = token.strip()
@@ -294,5 +291,5 @@ def _bearer_token(authorization: str | None, service: ServiceConfig) -> str:
 def _invalid(service: ServiceConfig, description: str) -> Problem:
     return Problem(
         401, "invalid_token", description,
-        headers={"WWW-Authenticate": bearer_challenge(realm=service.id, error="invalid_token", description=description)},
+        headers={"WWW-Authenticate": bearer_challenge(service.id, error="invalid_token", description=description)},
     )
