@@ -273,22 +273,22 @@ def table(r: dict, args: argparse.Namespace) -> str:
     seq, conc = r["sequential"], r["concurrency"]
     lines = [
         f"sequential, {args.requests} rounds interleaved (one keep-alive connection per target), ms:",
-        f"{'':26}{'median':>8}{'p90':>8}{'p99':>8}   {'added median':>12}{'ratio':>7}",
+        f"{'':34}{'median':>8}{'p90':>8}{'p99':>8}   {'added median':>12}{'ratio':>7}",
     ]
     for ep, label in (("query", "POST /query (protected)"), ("health", "GET /health (open)")):
         d, g = seq[f"{ep}_direct"], seq[f"{ep}_gateway"]
-        lines.append(f"{label + ' direct':26}{d['median_ms']:8.3f}{d['p90_ms']:8.3f}{d['p99_ms']:8.3f}")
-        lines.append(f"{label + ' gateway':26}{g['median_ms']:8.3f}{g['p90_ms']:8.3f}{g['p99_ms']:8.3f}   "
+        lines.append(f"{label + ' direct':34}{d['median_ms']:8.3f}{d['p90_ms']:8.3f}{d['p99_ms']:8.3f}")
+        lines.append(f"{label + ' gateway':34}{g['median_ms']:8.3f}{g['p90_ms']:8.3f}{g['p99_ms']:8.3f}   "
                      f"{r[f'{ep}_added_median_ms']:+12.3f}{r[f'{ep}_median_ratio']:6.2f}x")
     lines.append(f"auth + plan check alone (query added - health added): {r['auth_and_plan_added_median_ms']:+.3f} ms")
     lines.append("")
     lines.append(f"concurrency {args.concurrency}, POST /query, {args.concurrency_requests} requests per target "
                  "(ABBA blocks):")
-    lines.append(f"{'':26}{'req/s':>8}{'median':>8}{'p99':>8}   blocks req/s")
+    lines.append(f"{'':34}{'req/s':>8}{'median':>8}{'p99':>8}   blocks req/s")
     for name, label in (("query_direct", "direct"), ("query_gateway", "gateway")):
         c = conc[name]
         blocks = ", ".join(f"{x:.0f}" for x in c["blocks_req_per_s"])
-        lines.append(f"{label:26}{c['req_per_s']:8.0f}{c['median_ms']:8.2f}{c['p99_ms']:8.2f}   {blocks}")
+        lines.append(f"{label:34}{c['req_per_s']:8.0f}{c['median_ms']:8.2f}{c['p99_ms']:8.2f}   {blocks}")
     lines.append(f"gateway / direct throughput: {r['concurrency_ratio']:.2f}x")
     return "\n".join(lines)
 

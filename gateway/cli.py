@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         from gateway.own_issuer import generate_signing_key
 
-        generate_signing_key(Path(args.path), args.type)
+        try:
+            generate_signing_key(Path(args.path), args.type)
+        except FileExistsError:
+            print(f"{args.path} exists: a signing key is never overwritten", file=sys.stderr)
+            return 1
         print(f"wrote {args.type} signing key to {args.path}")
         return 0
     if args.command == "demo":

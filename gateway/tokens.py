@@ -135,6 +135,8 @@ class TokenVerifier:
         self._issuers = {ic.issuer: self._issuer(ic) for ic in config.issuers}
         if config.own is not None:
             own = OwnIssuer(config.own, clock=clock)
+            if own.issuer in self._issuers:  # Why: two key sources for one name would be ambiguous.
+                raise ValueError(f"issuer {own.issuer} is both tokens.own and in tokens.issuers")
             self._issuers[own.issuer] = _Issuer(
                 own.issuer, frozenset({own.algorithm}), keys=[own.verification_key()], ignore_kid=True
             )
@@ -186,7 +188,7 @@ class TokenVerifier:
         return subscriber
 
     async def _verify(self, token: str, service: ServiceConfig, public_url: str) -> Subscriber:
-        if token.count(".") == 4:
+        if token.count(".") == 4:  # Why: JWE (Nevermined's format) proves no issuer signature to us.
             raise _invalid(service, "encrypted tokens (JWE) are not accepted; use a signed JWT")
         try:
             header = jwt.get_unverified_header(token)
@@ -205,6 +207,7 @@ class TokenVerifier:
             # Why: only configured issuers (exact match) are trusted; the token's value is not echoed.
             raise _invalid(service, "unknown or missing issuer")
         if alg not in issuer.algorithms:
+            # Why: the issuer's configured allowlist decides, never the token (RFC 8725 §3.1).
             raise _invalid(service, f"algorithm not allowed for issuer {issuer.name}")
         key = issuer.secret
         if key is None:
@@ -223,7 +226,7 @@ class TokenVerifier:
             raise _invalid(service, f"missing required claim {exc.claim!r}") from None
         except jwt.exceptions.InvalidSubjectError:
             raise _invalid(service, "sub must be an Ethereum address (0x + 40 hex digits)") from None
-        except jwt.PyJWTError:
+        except jwt.PyJWTError:  # Why: anything else PyJWT rejects is a token we cannot trust.
             raise _invalid(service, "malformed token") from None
         expires_at = self._check_times(claims, service)
         sub = claims["sub"]
@@ -232,6 +235,7 @@ class TokenVerifier:
             raise _invalid(service, "sub must be an Ethereum address (0x + 40 hex digits)")
         audiences = [claims["aud"]] if isinstance(claims["aud"], str) else claims["aud"]
         if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) for a in audiences):
+            # Why 401: an audience we cannot read is a malformed token, not a token for someone else.
             raise _invalid(service, "aud must be a string or a non-empty list of strings")
         accepted = {service.id, public_url.rstrip("/")}
         if not any(a.rstrip("/") in accepted for a in audiences):
@@ -249,7 +253,7 @@ class TokenVerifier:
         if len(candidates) != 1:
             # Why: no key, or several that could have signed a kid-less token: never guess.
             if candidates:
-                raise _invalid(service, "token has no kid and the issuer has several keys")
+                raise _invalid(service, "several keys of the issuer match the token; add a distinct kid")
             raise _invalid(service, "no signing key of the issuer matches the token's kid and algorithm")
         return candidates[0].key
 
@@ -278,10 +282,8 @@ def _bearer_token(authorization: str | None, service: ServiceConfig) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         # Why no error code in the challenge: RFC 6750 §3.1, a request without credentials.
-        raise Problem(
-            401, "missing_token", "send Authorization: Bearer <token>",
-            headers={"WWW-Authenticate": bearer_challenge(realm=service.id)},
-        )
+        challenge = {"WWW-Authenticate": bearer_challenge(realm=service.id)}
+        raise Problem(401, "missing_token", "send Authorization: Bearer <token>", headers=challenge)
     if not B64TOKEN.fullmatch(token):
         # Why: RFC 6750 b64token charset; also keeps non-ASCII bytes away from hashing and parsing.
         raise _invalid(service, "malformed token")
@@ -289,7 +291,5 @@ def _bearer_token(authorization: str | None, service: ServiceConfig) -> str:
 
 
 def _invalid(service: ServiceConfig, description: str) -> Problem:
-    return Problem(
-        401, "invalid_token", description,
-        headers={"WWW-Authenticate": bearer_challenge(service.id, error="invalid_token", description=description)},
-    )
+    challenge = bearer_challenge(service.id, error="invalid_token", description=description)
+    return Problem(401, "invalid_token", description, headers={"WWW-Authenticate": challenge})

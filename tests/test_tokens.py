@@ -554,6 +554,13 @@ async def test_jwks_without_kids_uses_the_single_key_of_matching_type(jwks):
     assert "several keys" in problem.detail
 
 
+def test_own_issuer_name_must_differ_from_external_issuers(tmp_path):
+    path = write_private_pem(tmp_path / "k.pem", private_key("ES256"))
+    with pytest.raises(ValueError, match="both"):
+        verifier(jwks_file_issuer(tmp_path, [jwk("ES256")], issuer=OWN_ISS),
+                 own=OwnIssuerConfig(issuer=OWN_ISS, signing_key_file=path, ttl=60.0))
+
+
 @pytest.mark.asyncio
 async def test_verifier_without_a_session_makes_and_closes_its_own(jwks):
     v = verifier(IssuerConfig(issuer=ISS, algorithms=("ES256",), jwks_url=jwks.url))
