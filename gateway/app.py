@@ -16,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.chain_rpc import JsonRpcClient
 from gateway.config import GatewayConfig
+from gateway.database import SqliteDatabase, sqlite_path
 from gateway.gateway_endpoints import GatewayEndpoints
 from gateway.observability import Metrics
 from gateway.own_issuer import OwnIssuer
@@ -37,6 +38,8 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None) -> web.Appl
     app[STATE] = state
 
     async def start(app: web.Application) -> None:
+        db = SqliteDatabase(sqlite_path(config.metering.ledger))
+        state["db"] = db
         session = create_session()
         rpc_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         readers = {name: JsonRpcClient(chain, rpc_session) for name, chain in config.chains.items()}
@@ -55,6 +58,7 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None) -> web.Appl
     async def stop(app: web.Application) -> None:
         await state["session"].close()
         await state["rpc_session"].close()
+        await state["db"].close()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         return await request.app[PIPELINE].handle(request)

@@ -48,11 +48,15 @@ class IssuerConfig:
 
 @dataclass(frozen=True)
 class OwnIssuerConfig:
-    """The gateway's own issuer: `token issue` and sign-in tokens."""
+    """The gateway's own issuer: `token issue` and sign-in tokens.
+
+    `signing_key_file` signs; `previous_key_files` still verify (key rotation) until removed.
+    """
 
     issuer: str
     signing_key_file: Path
     ttl: float
+    previous_key_files: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class TokensConfig:
     own: OwnIssuerConfig | None
     leeway: float
     cache_size: int = 10_000
+    nonce_ttl: float = 300.0             # sign-in nonces expire after this long
+    revocation_refresh: float = 5.0      # a revocation reaches every replica within this delay
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,9 @@ class PlanCacheConfig:
 
 @dataclass(frozen=True)
 class MeteringConfig:
-    ledger: str
+    """Where charges are kept (also the sign-in state) and how they are burned on chain."""
+
+    ledger: str = "sqlite:///var/lib/gateway/ledger.db"
     operator_key: str | None = field(default=None, repr=False)
     settle_every: float = 30.0
 
@@ -156,7 +164,7 @@ class GatewayConfig:
     tokens: TokensConfig
     services: Mapping[str, ServiceConfig]
     plan_cache: PlanCacheConfig
-    metering: MeteringConfig | None
+    metering: MeteringConfig
     max_body: int = DEFAULT_MAX_BODY
     source: Path | None = None
 

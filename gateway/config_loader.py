@@ -125,7 +125,7 @@ def parse_config(
     # Why: a protected endpoint nobody can get a token for is a misconfiguration, not a lock.
     if any(s.protected_endpoints for s in services.values()) and not (tokens.issuers or tokens.own):
         problems.append("tokens: protected endpoints need at least one issuer (tokens.issuers or tokens.own)")
-    metering = _metering(root.child("metering"))
+    metering = _metering(root.child("metering"), base_dir)
     root.done()
     if problems:
         raise ConfigError(problems)
@@ -194,6 +194,9 @@ def _tokens(node: _Node | None, base_dir: Path, problems: list[str]) -> TokensCo
             issuer=own_node.get("issuer", v.non_empty),
             signing_key_file=own_node.get("signing_key_file", v.signing_key_file(base_dir)),
             ttl=own_node.get("ttl", v.duration, 30 * 86400.0),
+            previous_key_files=tuple(
+                own_node.get("previous_key_files", v.list_of(v.signing_key_file(base_dir)), ()) or ()
+            ),
         )
         own_node.done()
     names = [i.issuer for i in issuers] + ([own.issuer] if own else [])
@@ -204,6 +207,8 @@ def _tokens(node: _Node | None, base_dir: Path, problems: list[str]) -> TokensCo
         own=own,
         leeway=node.get("leeway", v.duration, 30.0),
         cache_size=node.get("cache_size", v.integer(0), 10_000),
+        nonce_ttl=node.get("nonce_ttl", v.duration, 300.0),
+        revocation_refresh=node.get("revocation_refresh", v.duration, 5.0),
     )
     node.done()
     return tokens
@@ -364,11 +369,11 @@ def _upstream_auth(a: _Node | None) -> UpstreamAuth:
     return auth
 
 
-def _metering(m: _Node | None) -> MeteringConfig | None:
+def _metering(m: _Node | None, base_dir: Path) -> MeteringConfig:
     if m is None:
-        return None
+        return MeteringConfig(ledger=v.ledger_url(MeteringConfig.ledger, base_dir))
     metering = MeteringConfig(
-        ledger=m.get("ledger", v.ledger_url, "sqlite:///var/lib/gateway/ledger.db"),
+        ledger=m.get("ledger", lambda raw: v.ledger_url(raw, base_dir), v.ledger_url(MeteringConfig.ledger, base_dir)),
         operator_key=m.get("operator_key", v.private_key, None),
         settle_every=m.get("settle_every", v.duration, 30.0),
     )

@@ -181,8 +181,16 @@ def signing_key_file(base_dir: Path) -> Callable[[Any], Path]:
     return parse
 
 
-def ledger_url(raw: Any) -> str:
+def ledger_url(raw: Any, base_dir: Path = Path(".")) -> str:
+    """`sqlite:///PATH` (relative to the config's folder; `sqlite:////abs` is absolute) or `redis://...`.
+
+    A sqlite URL comes back with an absolute path, so the process's working directory never matters."""
     text = non_empty(raw)
-    if not (text.startswith("sqlite:///") or text.startswith("redis://") or text.startswith("rediss://")):
-        raise ValueError("must be sqlite:///PATH or redis://HOST:PORT/DB")
-    return text
+    if text.startswith("sqlite:///"):
+        path = Path(text[len("sqlite:///"):])
+        if not path.name:
+            raise ValueError("sqlite:/// needs a file path")
+        return "sqlite:///" + str((base_dir / path).resolve())
+    if text.startswith(("redis://", "rediss://", "unix://")):
+        return text
+    raise ValueError("must be sqlite:///PATH or redis://HOST:PORT/DB")

@@ -117,6 +117,7 @@ def base_config(chain: Chain | None, plugin: Plugin | None, signing_key: Path, *
                              "timeout": "2s"}},
         "tokens": {"own": {"issuer": "https://gateway.test", "signing_key_file": str(signing_key)}, "leeway": "5s"},
         "services": {"elvis": svc},
+        "metering": {"ledger": f"sqlite:///{signing_key.parent / ('ledger-' + secrets.token_hex(4) + '.db')}"},
     }
 
 

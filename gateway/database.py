@@ -1,0 +1,105 @@
+"""The embedded SQLite database behind the ledger and the sign-in state.
+
+One connection, used only by one dedicated thread, so the event loop never
+blocks on disk I/O and every statement of a transaction runs in order. WAL mode
+with `synchronous=FULL`: a transaction that returned is on disk, whatever
+happens to the process afterwards. Writers take `BEGIN IMMEDIATE`, which also
+serializes worker processes sharing the file.
+
+Each component (ledger, auth state) owns a list of migrations; the applied
+version is kept per component in `schema_versions`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+Migration = str  # one SQL script; its position in the list (from 1) is its version
+
+
+def sqlite_path(url: str) -> Path:
+    """`sqlite:///relative/or/absolute/path.db` -> Path (`sqlite:////abs` is also absolute)."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"not a sqlite:/// URL: {url}")
+    return Path(url[len("sqlite:///"):])
+
+
+class SqliteDatabase:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{self.path.name}")
+        self._conn: sqlite3.Connection | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if str(self.path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._conn = conn
+        return self._conn
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` on the database thread (reads, or writes that manage their own transaction)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(self._open()))
+
+    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK if it raises)."""
+        return await self.run(lambda conn: self.transaction_sync(conn, fn))
+
+    @staticmethod
+    def transaction_sync(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    async def migrate(self, component: str, migrations: Sequence[Migration]) -> int:
+        """Apply the component's migrations not applied yet; return its schema version."""
+
+        def apply(conn: sqlite3.Connection) -> int:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
+            current = row[0] if row else 0
+            if current > len(migrations):
+                raise RuntimeError(f"{self.path}: {component} schema v{current} is newer than this gateway (v{len(migrations)})")
+            for version in range(current + 1, len(migrations) + 1):
+                for statement in _statements(migrations[version - 1]):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_versions VALUES (?, ?) ON CONFLICT(component) DO UPDATE SET version = ?",
+                             (component, version, version))
+            return len(migrations)
+
+        return await self.transaction(apply)
+
+    async def close(self) -> None:
+        def close(_conn: sqlite3.Connection) -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        if self._conn is not None:
+            await self.run(close)
+        self._executor.shutdown(wait=True)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (no semicolons inside our DDL strings)."""
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    return [dict(r) for r in cursor.fetchall()]
