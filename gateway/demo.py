@@ -79,6 +79,7 @@ def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: 
     env = {
         "GATEWAY_LISTEN": f"127.0.0.1:{port}", "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
         "GATEWAY_SIGNING_KEY_FILE": str(key_file), "CHAIN_RPC_URL": anvil.rpc_url, "PLAN_CONTRACT": plan,
+        "GATEWAY_STATE_DIR": str(work),
         "ELVIS_UPSTREAM": f"http://127.0.0.1:{plugin_port}", "ELVIS_UPSTREAM_TOKEN": upstream_secret,
     }
     config = str(REPO / "config" / "gateway.yaml")
