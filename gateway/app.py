@@ -18,6 +18,8 @@ from gateway.chain_rpc import JsonRpcClient
 from gateway.config import GatewayConfig
 from gateway.database import SqliteDatabase, sqlite_path
 from gateway.gateway_endpoints import GatewayEndpoints
+from gateway.ledger.sqlite import SqliteLedger
+from gateway.metering import Meter
 from gateway.observability import Metrics
 from gateway.own_issuer import OwnIssuer
 from gateway.pipeline import Pipeline
@@ -45,11 +47,16 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None) -> web.Appl
         readers = {name: JsonRpcClient(chain, rpc_session) for name, chain in config.chains.items()}
         own = OwnIssuer(config.tokens.own) if config.tokens.own else None
         state.update(session=session, rpc_session=rpc_session, readers=readers)
+        ledger = SqliteLedger(db)
+        await ledger.open()
+        plans = PlanChecker(readers, config.plan_cache)
+        chain_ids = {name: chain.chain_id for name, chain in config.chains.items()}
+        state.update(ledger=ledger, plans=plans)
         app[PIPELINE] = Pipeline(
             config,
             ServiceRouter(config.services.values(), config.base_domain),
             TokenVerifier(config.tokens, http=rpc_session),
-            PlanChecker(readers, config.plan_cache),
+            Meter(ledger, plans, chain_ids),
             Upstream(session),
             GatewayEndpoints(config, own),
             metrics,

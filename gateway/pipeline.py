@@ -1,6 +1,7 @@
 """The request path, top to bottom (SPEC §4-§9).
 
-route -> normalize -> classify -> authenticate -> check plan -> forward -> relay,
+route -> normalize -> classify -> authenticate -> reserve credits -> forward ->
+charge (on the status line) -> relay,
 every refusal raised as a `Problem` and answered in one place, one log line
 per request. Each step lives in its own module; this file only orders them.
 """
@@ -17,8 +18,7 @@ from gateway.config import GatewayConfig
 from gateway.gateway_endpoints import GatewayEndpoints
 from gateway.headers import request_id, upstream_request_headers
 from gateway.observability import Metrics
-from gateway.payment import price_of, require_plan
-from gateway.plans import PlanChecker
+from gateway.metering import Hold, Meter
 from gateway.problems import Problem, render
 from gateway.routing import ServiceRouter, classify, normalize_path
 from gateway.tokens import TokenVerifier
@@ -52,12 +52,12 @@ class Pipeline:
         config: GatewayConfig,
         router: ServiceRouter,
         tokens: TokenVerifier,
-        plans: PlanChecker,
+        meter: Meter,
         upstream: Upstream,
         endpoints: GatewayEndpoints,
         metrics: Metrics,
     ) -> None:
-        self.config, self.router, self.tokens, self.plans = config, router, tokens, plans
+        self.config, self.router, self.tokens, self.meter = config, router, tokens, meter
         self.upstream, self.endpoints, self.metrics = upstream, endpoints, metrics
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -104,24 +104,39 @@ class Pipeline:
         if decision.kind == "not_exposed":
             # Deny by default: only what the owner listed is reachable.
             raise Problem(404, "endpoint_not_exposed", f"{request.method} {path} is not exposed by {service.id}")
-        subscriber = None
+        subscriber, hold = None, None
         if decision.kind == "protected":
             who = await self.tokens.verify(
                 request.headers.get("Authorization"), service, self.config.public_url(service)
             )
             subscriber = out.subscriber = who.address
-            if subscriber != service.owner:  # the owner's own calls are free
-                price = price_of(service, decision.rule)
-                chain_id = self.config.chains[service.plan.chain].chain_id
-                await require_plan(self.plans, chain_id, service, price, subscriber)
-                out.credits = price.reserve
+            if subscriber != service.owner:  # the owner's own calls are free, never charged
+                hold = await self.meter.reserve(service, decision.rule, subscriber, out.request_id)
         headers = upstream_request_headers(
             request.headers, service, peer=request.remote, public_host=request.headers.get("Host", ""),
             public_scheme=self.config.public_scheme, req_id=out.request_id, subscriber=subscriber,
         )
         url = target_url(service, path, query)
-        if is_websocket(request):
-            return await proxy_websocket(request, self.upstream.session, url, headers, service.timeout)
-        upstream = await self.upstream.send(request, service, url, headers)
+        try:
+            if is_websocket(request):
+                return await proxy_websocket(request, self.upstream.session, url, headers, service.timeout,
+                                             on_open=lambda: self._charge(hold, 200, {}, out))
+            upstream = await self.upstream.send(request, service, url, headers)
+        except BaseException:
+            await self.meter.release(hold)  # refused, unreachable, timed out, or the client left
+            raise
         out.upstream_status = upstream.status
-        return await self.upstream.relay(request, upstream, {"X-Request-Id": out.request_id})
+        try:
+            credit_headers = await self._charge(hold, upstream.status, upstream.headers, out)
+        except BaseException:
+            upstream.release()
+            raise
+        strip = frozenset({hold.price.header.lower()}) if hold and hold.price.is_dynamic else frozenset()
+        return await self.upstream.relay(request, upstream, {"X-Request-Id": out.request_id, **credit_headers}, strip)
+
+    async def _charge(self, hold: Hold | None, status: int, headers, out: Outcome) -> dict[str, str]:
+        credit_headers = await self.meter.complete(hold, status, headers)
+        if credit_headers:
+            out.credits = int(credit_headers["X-Credits-Charged"])
+            self.metrics.credits_charged.labels(out.service or "").inc(out.credits)
+        return credit_headers

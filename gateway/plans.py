@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Mapping, NamedTuple, Protocol
 
 from cachetools import TLRUCache
 from eth_abi import decode, encode
@@ -56,6 +56,11 @@ def balance_calldata(plan: PlanConfig, subscriber: str) -> bytes:
     raise ValueError(f"unknown plan standard {plan.standard!r}")
 
 
+class Balance(NamedTuple):
+    amount: int
+    read_at: float  # wall-clock time.time() when the read began
+
+
 class PlanChecker:
     """Balances of subscribers on plan contracts: cached, coalesced, failing closed."""
 
@@ -64,16 +69,18 @@ class PlanChecker:
         readers: Mapping[str, ChainReader],
         cache: PlanCacheConfig,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self._wall = wall_clock
         self._readers = dict(readers)  # chain name (PlanConfig.chain) -> reader
         self._config = cache
         self._clock = clock
         # Entries live as long as they can still be served: negatives for negative_ttl, positives
         # for ttl + stale_if_error (the stale tail is only served when the chain fails).
-        self._cache: TLRUCache[CacheKey, tuple[int, float]] = TLRUCache(
+        self._cache: TLRUCache[CacheKey, tuple[int, float, float]] = TLRUCache(
             maxsize=max(1, cache.size), ttu=self._expires, timer=clock
         )
-        self._inflight: dict[CacheKey, asyncio.Task[int]] = {}
+        self._inflight: dict[CacheKey, asyncio.Task[Balance]] = {}
         # hits: served from the cache; misses: not (each either started a call or joined one);
         # coalesced: misses that joined a call in flight; rpc_calls: eth_calls sent; errors: those
         # that failed; stale: failures answered with a stale positive balance.
@@ -86,8 +93,8 @@ class PlanChecker:
         """Balance calls currently waiting for the chain (a gauge for metrics)."""
         return len(self._inflight)
 
-    def _expires(self, _key: CacheKey, value: tuple[int, float], _now: float) -> float:
-        balance, fetched_at = value
+    def _expires(self, _key: CacheKey, value: tuple[int, float, float], _now: float) -> float:
+        balance, fetched_at, _ = value
         if balance > 0:
             return fetched_at + self._config.ttl + max(0.0, self._config.stale_if_error)
         return fetched_at + self._config.negative_ttl
@@ -99,14 +106,19 @@ class PlanChecker:
 
     async def balance(self, plan: PlanConfig, subscriber: str) -> int:
         """The subscriber's balance on the plan; Problem(503, "chain_unavailable") when unknown."""
+        return (await self.read(plan, subscriber)).amount
+
+    async def read(self, plan: PlanConfig, subscriber: str) -> Balance:
+        """The balance and the wall-clock time its read began (burns settled after that time
+        are not reflected in it: the ledger subtracts them)."""
         key = self._key(plan, subscriber)
         entry = self._cache.get(key)
         if entry is not None:
-            balance, fetched_at = entry
+            balance, fetched_at, wall = entry
             ttl = self._config.ttl if balance > 0 else self._config.negative_ttl
             if self._clock() - fetched_at < ttl:
                 self.stats["hits"] += 1
-                return balance
+                return Balance(balance, wall)
         self.stats["misses"] += 1
         task = self._inflight.get(key)
         if task is None:
@@ -119,7 +131,7 @@ class PlanChecker:
         # shield: a waiter that is cancelled (client gone) must not cancel the call the others share.
         return await asyncio.shield(task)
 
-    def _finished(self, key: CacheKey, task: asyncio.Task[int]) -> None:
+    def _finished(self, key: CacheKey, task: asyncio.Task[Balance]) -> None:
         # Always runs, however the task ended, and before any waiter resumes: the next miss
         # after a failure starts a new call instead of joining the failed one.
         if self._inflight.get(key) is task:
@@ -127,11 +139,11 @@ class PlanChecker:
         if not task.cancelled():
             task.exception()  # retrieved: no "never retrieved" warning when every waiter left
 
-    async def _fetch(self, key: CacheKey, plan: PlanConfig, calldata: bytes) -> int:
+    async def _fetch(self, key: CacheKey, plan: PlanConfig, calldata: bytes) -> Balance:
         reader = self._readers.get(plan.chain)
         if reader is None:
             raise Problem(503, "chain_unavailable", f"chain {plan.chain!r} has no configured RPC client")
-        started = self._clock()  # the answer is at least this fresh
+        started, wall = self._clock(), self._wall()  # the answer is at least this fresh
         self.stats["rpc_calls"] += 1
         try:
             raw = await reader.eth_call(plan.contract, calldata)
@@ -147,19 +159,19 @@ class PlanChecker:
             self.stats["errors"] += 1
             return self._stale_or_refuse(key, plan, exc)
         if self._inflight.get(key) is asyncio.current_task():  # not invalidated meanwhile
-            self._cache[key] = (balance, started)
-        return balance
+            self._cache[key] = (balance, started, wall)
+        return Balance(balance, wall)
 
-    def _stale_or_refuse(self, key: CacheKey, plan: PlanConfig, exc: Exception) -> int:
+    def _stale_or_refuse(self, key: CacheKey, plan: PlanConfig, exc: Exception) -> Balance:
         window = self._config.ttl + self._config.stale_if_error
         entry = self._cache.get(key)
         if self._config.stale_if_error > 0 and entry is not None:
-            balance, fetched_at = entry
+            balance, fetched_at, wall = entry
             if balance > 0 and self._clock() - fetched_at < window:
                 # Only positive answers, only for a bounded time: a known-good subscriber keeps
                 # working through a short RPC outage; an unknown one is never let in.
                 self.stats["stale"] += 1
-                return balance
+                return Balance(balance, wall)
         reason = "the node returned an error" if isinstance(exc, RpcError) else "no RPC node answered"
         # The detail goes to the client: no RPC URLs in it. The full reason is the __cause__.
         detail = f"cannot read the plan on chain {plan.chain!r}: {reason}; try again later"

@@ -9,6 +9,7 @@ side closes.
 from __future__ import annotations
 
 import asyncio
+from typing import Awaitable, Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -28,8 +29,11 @@ def is_websocket(request: web.Request) -> bool:
 
 
 async def proxy_websocket(
-    request: web.Request, session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str], timeout: float
+    request: web.Request, session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str], timeout: float,
+    on_open: Callable[[], Awaitable[dict[str, str]]] | None = None,
 ) -> web.WebSocketResponse:
+    """Proxy one WebSocket; `on_open` runs once the upstream accepted (it charges the call) and
+    returns headers for the client's handshake answer."""
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     upstream_headers = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _HANDSHAKE)
     ws_url = url.with_scheme("wss" if url.scheme == "https" else "ws")
@@ -45,7 +49,13 @@ async def proxy_websocket(
     except aiohttp.ClientError as exc:
         raise Problem(502, "upstream_unavailable", f"upstream unreachable: {type(exc).__name__}") from None
 
+    try:
+        extra = await on_open() if on_open else {}
+    except BaseException:
+        await upstream.close()
+        raise
     client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (), autoping=True)
+    client.headers.update(extra)
     await client.prepare(request)
     try:
         await asyncio.gather(_pump(client, upstream), _pump(upstream, client))

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from conftest import BROKE, PASS_HOLDER, SUBSCRIBER, base_config
-from gateway.devchain import free_port
+from gateway.devchain import DEV_ACCOUNTS, free_port
 from tests.support.rpc_proxy import RpcProxy
 
 pytestmark = pytest.mark.asyncio
@@ -33,9 +33,11 @@ def with_rpc(data: dict, *urls: str) -> dict:
 
 
 async def test_100_concurrent_first_calls_cause_exactly_one_eth_call(make_gateway, chain, plugin, signing_key):
+    rich = DEV_ACCOUNTS[5][0]
+    await asyncio.to_thread(chain.dev.mint_credits, chain.credits_plan, rich, 1, 100)
     async with RpcProxy(chain.rpc_url) as rpc:
         gw = await make_gateway(with_rpc(base_config(chain, plugin, signing_key), rpc.url))
-        token = gw.token(SUBSCRIBER)
+        token = gw.token(rich)
         rpc.hang = True  # hold the first eth_call until every request is waiting on it
 
         async def one():

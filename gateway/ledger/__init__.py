@@ -1,0 +1,87 @@
+"""The credit ledger: reservations, charges, settlements, shortfalls (SPEC §8).
+
+`Ledger` is the small interface the request path and the settler need; the
+embedded default is `SqliteLedger`. A Redis implementation for several
+replicas implements the same methods with the same atomicity.
+
+Money rules the implementations keep:
+- `reserve` is atomic: balance - unsettled charges - open reservations >= amount, or refused.
+- a charge is durable once `charge` returns (the client sees it only after).
+- a charge is in at most one live settlement; it is settled exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Account:
+    """One ERC-1155 credit balance: a subscriber's tokens of one id on one contract."""
+
+    chain_id: int
+    contract: str
+    token_id: int
+    subscriber: str
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: str
+    account: Account
+    amount: int
+    remaining: int  # what is still available to this subscriber after this reservation
+
+
+@dataclass(frozen=True)
+class PendingGroup:
+    """Unsettled charges of one account, to be burned in one transaction."""
+
+    account: Account
+    amount: int
+    charge_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Settlement:
+    id: int
+    account: Account
+    amount: int          # credits charged in the group
+    burn_amount: int     # what the transaction burns (less than amount on a shortfall)
+    operator: str
+    nonce: int | None    # None (and no transaction) when nothing is left to burn
+    tx_hash: str | None
+    raw_tx: str | None
+    status: str          # recorded | sent | confirmed | failed
+
+
+class InsufficientCredits(Exception):
+    def __init__(self, available: int, shortfall: int = 0) -> None:
+        super().__init__(f"{available} credit(s) available")
+        self.available = available
+        self.shortfall = shortfall  # > 0: an unpaid shortfall blocks the account
+
+
+class Ledger(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # request path
+    async def reserve(self, account: Account, service: str, amount: int, balance: int, balance_read_at: float,
+                      request_id: str, ttl: float) -> Reservation: ...
+    async def release(self, reservation_id: str) -> None: ...
+    async def charge(self, reservation: Reservation, amount: int, balance: int, balance_read_at: float) -> int: ...
+
+    # settlement
+    async def pending_groups(self) -> list[PendingGroup]: ...
+    async def record_settlement(self, group: PendingGroup, burn_amount: int, operator: str, nonce: int | None,
+                                tx_hash: str | None, raw_tx: str | None) -> Settlement: ...
+    async def mark_sent(self, settlement_id: int) -> None: ...
+    async def mark_confirmed(self, settlement_id: int, block_number: int) -> None: ...
+    async def mark_failed(self, settlement_id: int, error: str) -> None: ...
+    async def unfinished_settlements(self) -> list[Settlement]: ...
+
+    # shortfalls and reports
+    async def resolve_shortfalls(self, account: Account, note: str) -> int: ...
+    async def usage(self, service: str | None = None, subscriber: str | None = None) -> list[dict[str, Any]]: ...

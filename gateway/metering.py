@@ -1,0 +1,105 @@
+"""Credits on the request path: reserve before forwarding, charge on a 2xx status line.
+
+`Meter.reserve` holds the call's credits (a dynamic price holds its max) against
+the on-chain balance net of unsettled charges and open reservations, or refuses
+with 402 before anything is forwarded. `Meter.complete` turns the hold into a
+charge when the upstream's status line is 2xx (price: fixed, or the upstream's
+header clamped to min..max) and releases it otherwise. The charge is in the
+ledger before the client sees a byte of the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+
+from gateway.config import EndpointRule, ServiceConfig
+from gateway.ledger import Account, InsufficientCredits, Ledger, Reservation
+from gateway.payment import plan_document, price_of, require_plan
+from gateway.config import Price
+from gateway.plans import Balance, PlanChecker
+from gateway.problems import Problem
+
+log = structlog.get_logger("gateway.metering")
+RESERVATION_GRACE = 60.0  # a hold outlives the upstream's timeout by this much, then expires by itself
+
+
+@dataclass
+class Hold:
+    """Credits held for one call in flight."""
+
+    reservation: Reservation
+    price: Price
+    balance: Balance
+
+
+class Meter:
+    def __init__(self, ledger: Ledger, plans: PlanChecker, chain_ids: dict[str, int]) -> None:
+        self.ledger, self.plans, self.chain_ids = ledger, plans, chain_ids
+
+    async def reserve(self, service: ServiceConfig, rule: EndpointRule | None, subscriber: str,
+                      request_id: str) -> Hold | None:
+        """Hold the call's credits, or raise 402. None when nothing is metered (erc721 pass, price 0)."""
+        plan = service.plan
+        assert plan is not None
+        chain_id = self.chain_ids[plan.chain]
+        price = price_of(service, rule)
+        if plan.standard == "erc721":
+            # A pass grants access, not credits: check it, charge nothing.
+            await require_plan(self.plans, chain_id, service, price, subscriber)
+            return None
+        if price.reserve == 0:
+            return None  # a free endpoint: nothing to hold, nothing to charge
+        balance = await self.plans.read(plan, subscriber)
+        account = Account(chain_id, plan.contract, int(plan.token_id or 0), subscriber)
+        try:
+            reservation = await _shielded(self.ledger.reserve(
+                account, service.id, price.reserve, balance.amount, balance.read_at, request_id,
+                ttl=service.timeout + RESERVATION_GRACE))
+        except InsufficientCredits as short:
+            # Why: the balance net of unsettled charges and calls in flight cannot cover this call's
+            # price (or an unpaid shortfall blocks the account); forward nothing, say how to pay.
+            doc = plan_document(service, chain_id, short.available) | {"credits": price.reserve}
+            detail = (f"unpaid shortfall of {short.shortfall} credit(s) on this plan" if short.shortfall else
+                      f"{short.available} credit(s) available, this call needs {price.reserve}")
+            extra = {"plan": doc} | ({"shortfall": short.shortfall} if short.shortfall else {})
+            raise Problem(402, "payment_required", detail, extra=extra) from None
+        return Hold(reservation, price, balance)
+
+    async def complete(self, hold: Hold | None, status: int, headers) -> dict[str, str]:
+        """Charge on 2xx (return the credit headers for the client), release otherwise."""
+        if hold is None:
+            return {}
+        if not 200 <= status < 300:
+            # Only successful answers are paid for: errors, redirects and refusals release the hold.
+            await self.release(hold)
+            return {}
+        amount = self.price_from(hold.price, headers)
+        remaining = await _shielded(self.ledger.charge(hold.reservation, amount, hold.balance.amount,
+                                                      hold.balance.read_at))
+        return {"X-Credits-Charged": str(amount), "X-Credits-Remaining": str(remaining)}
+
+    async def release(self, hold: Hold | None) -> None:
+        if hold is not None:
+            await _shielded(self.ledger.release(hold.reservation.id))
+
+    @staticmethod
+    def price_from(price: Price, headers) -> int:
+        if not price.is_dynamic:
+            return int(price.fixed or 0)
+        raw = headers.get(price.header, "")
+        try:
+            reported = int(raw.strip())
+        except ValueError:
+            # A missing or garbled price header is charged at the maximum that was reserved and
+            # agreed in the plan; logged so the owner can fix the upstream.
+            log.warning("price_header_invalid", header=price.header, value=raw[:40])
+            return price.max
+        return min(max(reported, price.min), price.max)
+
+
+async def _shielded(aw):
+    """Ledger writes finish even if the client goes away (the request task is cancelled)."""
+    return await asyncio.shield(aw)
