@@ -7,7 +7,11 @@ everything request-scoped lives in `pipeline.py`.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
+
+import structlog
 
 import aiohttp
 from aiohttp import web
@@ -25,15 +29,20 @@ from gateway.own_issuer import OwnIssuer
 from gateway.pipeline import Pipeline
 from gateway.plans import PlanChecker
 from gateway.routing import ServiceRouter
+from gateway.settlement import Settler
 from gateway.tokens import TokenVerifier
 from gateway.upstream import Upstream, create_session
 
+log = structlog.get_logger("gateway.app")
 PIPELINE = web.AppKey("pipeline", Pipeline)
 STATE = web.AppKey("state", dict)
 
 
-def build_app(config: GatewayConfig, metrics: Metrics | None = None) -> web.Application:
-    """The public application. Its resources open in on_startup and close in on_cleanup."""
+def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: bool = True) -> web.Application:
+    """The public application. Its resources open in on_startup and close in on_cleanup.
+
+    `settle`: this process runs the periodic settlement (exactly one process per ledger should).
+    """
     app = web.Application(handler_args={"max_field_size": 16384})
     metrics = metrics or Metrics()
     state: dict = {"config": config, "metrics": metrics}
@@ -52,6 +61,14 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None) -> web.Appl
         plans = PlanChecker(readers, config.plan_cache)
         chain_ids = {name: chain.chain_id for name, chain in config.chains.items()}
         state.update(ledger=ledger, plans=plans)
+        if config.metering.operator_key:
+            rpcs = {config.chains[name].chain_id: reader for name, reader in readers.items()}
+            settler = Settler(ledger, rpcs, config.metering.operator_key, config.metering.settle_every)
+            state["settler"] = settler
+            if settle:
+                state["settle_task"] = asyncio.create_task(settler.run())
+        else:
+            log.warning("no_operator_key", detail="metering.operator_key is not set: charges are recorded, never burned")
         app[PIPELINE] = Pipeline(
             config,
             ServiceRouter(config.services.values(), config.base_domain),
@@ -63,6 +80,13 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None) -> web.Appl
         )
 
     async def stop(app: web.Application) -> None:
+        if task := state.get("settle_task"):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            try:  # settle what was charged before going away (bounded: a dead chain must not block shutdown)
+                await asyncio.wait_for(state["settler"].settle_once(), timeout=30)
+            except Exception:  # noqa: BLE001 - whatever is left stays pending and is settled on the next start
+                log.exception("final_settlement_failed")
         await state["session"].close()
         await state["rpc_session"].close()
         await state["db"].close()
@@ -106,5 +130,15 @@ def build_admin_app(public: web.Application) -> web.Application:
 
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
+    async def settle(request: web.Request) -> web.Response:
+        """Settle now (an operator's request also retries groups that were backing off)."""
+        settler = state.get("settler")
+        if settler is None:
+            return web.json_response({"error": "metering.operator_key is not configured"}, status=409)
+        settler.retry_now()
+        report = await settler.settle_once()
+        return web.json_response(dataclasses.asdict(report))
+
     admin.router.add_get("/metrics", metrics)
+    admin.router.add_post("/settle", settle)
     return admin

@@ -22,7 +22,7 @@ log = structlog.get_logger("gateway.server")
 
 
 async def run(config: GatewayConfig, worker: int = 0, reuse_port: bool = False) -> None:
-    public = build_app(config)
+    public = build_app(config, settle=worker == 0)
     runners = [web.AppRunner(public, access_log=None, handle_signals=False)]
     await runners[0].setup()
     await web.TCPSite(runners[0], config.listen.host, config.listen.port, reuse_port=reuse_port).start()

@@ -36,6 +36,11 @@ class HeldUpstream:
                                   "headers": list(request.headers.items()), "body": body.decode(errors="replace"),
                                   "chunked": "chunked" in request.headers.get("Transfer-Encoding", "")})
 
+    async def _priced(self, request: web.Request) -> web.Response:
+        """Reports its own price, like a metered AI API: `X-Credits-Consumed: <n>`."""
+        self.requests.append(request)
+        return web.json_response({"priced": True}, headers={"X-Credits-Consumed": request.match_info["n"]})
+
     async def _sse(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -52,6 +57,7 @@ class HeldUpstream:
         app.router.add_route("*", "/hold", self._hold)
         app.router.add_get("/sse", self._sse)
         app.router.add_route("*", "/echo/{tail:.*}", self._echo)
+        app.router.add_post("/priced/{n}", self._priced)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
