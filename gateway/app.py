@@ -100,6 +100,12 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
     return app
 
 
+def public_runner(app: web.Application) -> web.AppRunner:
+    """The runner for the public app. handler_cancellation: when a client goes away, its request
+    task is cancelled, so the upstream call stops and its credits are released at once."""
+    return web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
+
+
 def build_admin_app(public: web.Application) -> web.Application:
     """/healthz, /readyz and /metrics: for the operator's network only, never public."""
     admin = web.Application()

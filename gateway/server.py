@@ -15,7 +15,7 @@ import signal
 import structlog
 from aiohttp import web
 
-from gateway.app import build_admin_app, build_app
+from gateway.app import build_admin_app, build_app, public_runner
 from gateway.config import GatewayConfig
 
 log = structlog.get_logger("gateway.server")
@@ -23,7 +23,7 @@ log = structlog.get_logger("gateway.server")
 
 async def run(config: GatewayConfig, worker: int = 0, reuse_port: bool = False) -> None:
     public = build_app(config, settle=worker == 0)
-    runners = [web.AppRunner(public, access_log=None, handle_signals=False)]
+    runners = [public_runner(public)]
     await runners[0].setup()
     await web.TCPSite(runners[0], config.listen.host, config.listen.port, reuse_port=reuse_port).start()
     if worker == 0 and config.admin_listen is not None:

@@ -16,7 +16,7 @@ import pytest_asyncio
 from aiohttp import web
 from yarl import URL
 
-from gateway.app import build_app
+from gateway.app import build_app, public_runner
 from gateway.config import GatewayConfig
 from gateway.config_loader import parse_config
 from gateway.devchain import DEV_ACCOUNTS, Anvil, DevChain, free_port
@@ -150,15 +150,18 @@ class Gateway:
 async def start_gateway(data: dict) -> tuple[web.AppRunner, GatewayConfig]:
     config = parse_config(data, {})
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None)
+    runner = public_runner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, config
 
 
 @pytest_asyncio.fixture
-async def make_gateway(signing_key):
-    """Start the real gateway app on a free loopback port from a config dict."""
+async def make_gateway(signing_key, chain):
+    """Start the real gateway app on a free loopback port from a config dict.
+
+    Depends on `chain` so that gateways stop (and settle what they charged) before the chain is
+    reverted for the next test."""
     runners: list[web.AppRunner] = []
     sessions: list[aiohttp.ClientSession] = []
 
