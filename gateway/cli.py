@@ -33,6 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("path")
     gen.add_argument("--type", choices=("ES256", "EdDSA"), default="ES256")
 
+    usage = sub.add_parser("usage", help="ledger: charged, settled, pending credits, shortfalls, burn transactions")
+    usage.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    usage.add_argument("--service")
+    usage.add_argument("--subscriber")
+
+    shortfall = sub.add_parser("shortfall", help="unpaid shortfalls").add_subparsers(dest="action", required=True)
+    resolve = shortfall.add_parser("resolve", help="mark a subscriber's shortfall as paid off-chain (unblocks them)")
+    resolve.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    resolve.add_argument("--service", required=True)
+    resolve.add_argument("--subscriber", required=True)
+    resolve.add_argument("--note", required=True, help="why it is resolved (kept in the ledger)")
+
     demo = sub.add_parser("demo", help="local chain + plan + example plugin + gateway, walked through")
     demo.add_argument("--once", action="store_true", help="exit after the walk-through")
     demo.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
@@ -54,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"wrote {args.type} signing key to {args.path}")
         return 0
+    if args.command in ("usage", "shortfall"):
+        return _ledger_command(args)
     if args.command == "demo":
         from gateway.demo import run_demo
 
@@ -111,4 +125,26 @@ def _token_issue(args) -> int:
         return 1
     issuer = OwnIssuer(config.tokens.own)
     print(issuer.issue(subscriber, [service.id, config.public_url(service)], ttl=ttl))
+    return 0
+
+
+def _ledger_command(args) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from gateway.usage import resolve_shortfall, usage_report
+
+    try:
+        subscriber = address(args.subscriber) if args.subscriber else None
+    except ValueError as exc:
+        print(f"bad argument: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "usage":
+        print(usage_report(config, args.service, subscriber))
+        return 0
+    if args.service not in config.services:
+        print(f"no service {args.service!r}", file=sys.stderr)
+        return 1
+    count = resolve_shortfall(config, args.service, subscriber, args.note)
+    print(f"resolved {count} shortfall(s) of {subscriber} on {args.service}")
     return 0

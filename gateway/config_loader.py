@@ -66,6 +66,8 @@ class _Node:
         """Parse `key`; a missing key is a problem unless a default is given."""
         self.read.add(key)
         raw = self.value.get(key)
+        if raw is None or raw == "":  # `${VAR:-}` is how an optional value is left unset
+            raw = None
         if raw is None:
             if default is _MISSING:
                 self.problems.append(f"{self.at(key)}: required")
