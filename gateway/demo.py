@@ -3,7 +3,8 @@
 Starts a local chain (anvil), deploys the credits plan and mints credits to a
 subscriber, starts the example plugin and the gateway (real processes, on
 loopback), then shows what a client sees: an open endpoint, a protected one
-without a token, with a token but no credits, and with credits.
+without a token, with a token but no credits, with credits, over budget; and
+then the settlement: one burn on chain for everything charged.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: 
     env = {
         "GATEWAY_LISTEN": f"127.0.0.1:{port}", "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
         "GATEWAY_SIGNING_KEY_FILE": str(key_file), "CHAIN_RPC_URL": anvil.rpc_url, "PLAN_CONTRACT": plan,
-        "GATEWAY_STATE_DIR": str(work),
+        "GATEWAY_STATE_DIR": str(work), "GATEWAY_OPERATOR_KEY": DEV_ACCOUNTS[0][1], "GATEWAY_SETTLE_EVERY": "1h",
         "ELVIS_UPSTREAM": f"http://127.0.0.1:{plugin_port}", "ELVIS_UPSTREAM_TOKEN": upstream_secret,
     }
     config = str(REPO / "config" / "gateway.yaml")
@@ -109,6 +110,14 @@ def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: 
     ok &= _show(f"protected endpoint, token of {SUBSCRIBER} (5 credits): POST /query",
                 *_pick(call(base, "POST", "/query", tokens[SUBSCRIBER], query)), 200)
     ok &= _check_upstream_saw(plugin_port, upstream_secret, list(tokens.values()))
+    ask = {"question": "what happens on the blue highway"}
+    for _ in range(2):
+        status, headers, body = call(base, "POST", "/ask", tokens[SUBSCRIBER], ask)
+        ok &= _show(f"paid call, POST /ask (2 credits): charged {headers.get('X-Credits-Charged')}, "
+                    f"remaining {headers.get('X-Credits-Remaining')}", status, body, 200)
+    ok &= _show("over budget: POST /query with every credit charged (not yet burned on chain)",
+                *_pick(call(base, "POST", "/query", tokens[SUBSCRIBER], query)), 402)
+    ok &= _show_settlement(chain, plan, admin_port, charged=5)
 
     if not once:
         print("everything is running; Ctrl-C stops it all")
@@ -118,6 +127,20 @@ def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: 
         except KeyboardInterrupt:
             print("stopping")
     return 0 if ok else 1
+
+
+def _show_settlement(chain: DevChain, plan: str, admin_port: int, charged: int) -> bool:
+    """Settle now (the admin endpoint) and show the burn on chain."""
+    before = chain.credits_of(plan, SUBSCRIBER, 1)
+    req = urllib.request.Request(f"http://127.0.0.1:{admin_port}/settle", data=b"", method="POST")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        report = json.loads(resp.read())
+    after = chain.credits_of(plan, SUBSCRIBER, 1)
+    good = before - after == charged and len(report["confirmed"]) == 1
+    print(f"[{'ok ' if good else 'FAIL'}] settlement: one burnCredits transaction for {charged} charged credits\n"
+          f"       tx {', '.join(report['confirmed']) or '(none)'}\n"
+          f"       on-chain balance of {SUBSCRIBER}: {before} -> {after}\n")
+    return good
 
 
 def _pick(answer):
