@@ -59,6 +59,8 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
         ledger = SqliteLedger(db)
         await ledger.open()
         plans = PlanChecker(readers, config.plan_cache)
+        metrics.watch("gateway_plan_cache", "Plan checks: hits, misses, coalesced, rpc_calls, errors, stale",
+                      "outcome", lambda: plans.stats)
         chain_ids = {name: chain.chain_id for name, chain in config.chains.items()}
         state.update(ledger=ledger, plans=plans)
         if config.metering.operator_key:

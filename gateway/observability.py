@@ -10,7 +10,10 @@ import logging
 import sys
 
 import structlog
+from typing import Callable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 LOG_FIELDS = (
     "request_id", "service", "method", "path", "rule", "decision", "subscriber",
@@ -34,6 +37,19 @@ def configure_logging(level: str = "info") -> None:
     )
 
 
+class _StatsCollector:
+    """Exposes a dict of running counters (owned by another component) at scrape time."""
+
+    def __init__(self, name: str, doc: str, label: str, stats: Callable[[], Mapping[str, int]]) -> None:
+        self.name, self.doc, self.label, self.stats = name, doc, label, stats
+
+    def collect(self):
+        family = CounterMetricFamily(self.name, self.doc, labels=[self.label])
+        for key, value in sorted(self.stats().items()):
+            family.add_metric([key], value)
+        yield family
+
+
 class Metrics:
     """The gateway's Prometheus metrics, in a registry of their own (tests build many apps)."""
 
@@ -48,14 +64,17 @@ class Metrics:
             ["decision"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.plan_checks = Counter(
-            "gateway_plan_checks", "Plan checks by outcome (hit, miss, coalesced, rpc_error)",
-            ["outcome"], registry=self.registry,
-        )
         self.chain_up = Gauge(
             "gateway_chain_last_success_age_seconds", "Seconds since a chain's RPC last answered",
             ["chain"], registry=self.registry,
         )
+        self._watched: set[str] = set()
         self.credits_charged = Counter(
             "gateway_credits_charged", "Credits charged, by service", ["service"], registry=self.registry,
         )
+
+    def watch(self, name: str, doc: str, label: str, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Publish counters kept elsewhere (e.g. the plan cache's hits, misses, coalesced calls)."""
+        if name not in self._watched:
+            self._watched.add(name)
+            self.registry.register(_StatsCollector(name, doc, label, stats))
