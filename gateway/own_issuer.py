@@ -4,6 +4,10 @@
 private key: EC P-256 signs ES256, Ed25519 signs EdDSA. Nothing else is accepted, so the
 algorithm always follows from the key and can never be chosen by a caller or a token.
 
+Key rotation: `signing_key_file` signs; every key in `previous_key_files` still verifies and is
+still published in the JWKS until the operator removes it from the config. Each key's `kid` is
+its RFC 7638 thumbprint, so a token names exactly the key that signed it.
+
 The helpers below (JWK conversion, RFC 7638 thumbprints, "does this key fit this algorithm",
 loading public keys from PEM files and JWKS documents) are the key-handling half of token
 verification; they live here so that `gateway.tokens` stays about the decision itself.
@@ -200,6 +204,14 @@ class OwnIssuer:
         self.algorithm = signing_algorithm(self._key, config.signing_key_file)
         self.public_key = self._key.public_key()
         self.kid = jwk_thumbprint(public_key_to_jwk(self.public_key))
+        self._keys = [self.verification_key()]
+        for path in config.previous_key_files:
+            key = load_private_key(path)
+            previous = VerificationKey(key.public_key(), jwk_thumbprint(public_key_to_jwk(key.public_key())),
+                                       signing_algorithm(key, path))
+            # Why skip a repeated key: one kid must name one key, or verification would be ambiguous.
+            if all(k.kid != previous.kid for k in self._keys):
+                self._keys.append(previous)
 
     def issue(self, subscriber: str, audience: list[str], ttl: float | None = None, jti: str | None = None) -> str:
         if not isinstance(subscriber, str) or not ADDRESS.fullmatch(subscriber):
@@ -222,10 +234,19 @@ class OwnIssuer:
         return jwt.encode(claims, self._key, algorithm=self.algorithm, headers={"kid": self.kid})
 
     def verification_key(self) -> VerificationKey:
+        """The current signing key's public half."""
         return VerificationKey(key=self.public_key, kid=self.kid, alg=self.algorithm)
 
+    def verification_keys(self) -> list[VerificationKey]:
+        """Every key that verifies: the signing key first, then the previous keys still listed."""
+        return list(self._keys)
+
     def public_jwk(self) -> dict[str, Any]:
-        return {**public_key_to_jwk(self.public_key), "kid": self.kid, "use": "sig", "alg": self.algorithm}
+        return _jwk(self.verification_key())
 
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [self.public_jwk()]}
+        return {"keys": [_jwk(k) for k in self._keys]}
+
+
+def _jwk(key: VerificationKey) -> dict[str, Any]:
+    return {**public_key_to_jwk(key.key), "kid": key.kid, "use": "sig", "alg": key.alg}
