@@ -71,6 +71,8 @@ class JsonRpcClient:
         self._ids = itertools.count(1)
         self._preferred = 0  # index into chain.rpc_urls of the last URL that answered
         self.last_success: float | None = None  # monotonic time of the last answer (for /readyz)
+        # Per URL (redacted) and outcome ("ok", "rpc_error", "failed"): for /metrics.
+        self.stats: dict[tuple[str, str], int] = {}
 
     @property
     def preferred_url(self) -> str:
@@ -94,15 +96,22 @@ class JsonRpcClient:
                 result = _unwrap(answer, request_id)
             except _Skip as exc:
                 failures.append(f"{redact_url(url)}: {exc}")
+                self._count(url, "failed")
                 continue
             except RpcError:
                 self._answered(index)  # the node is alive; its error is the answer
+                self._count(url, "rpc_error")
                 raise
             self._answered(index)
+            self._count(url, "ok")
             return result
         raise ChainUnavailable(
             f"chain {self.chain.name!r}: no RPC URL answered {method}: " + "; ".join(failures)
         )
+
+    def _count(self, url: str, outcome: str) -> None:
+        key = (redact_url(url), outcome)
+        self.stats[key] = self.stats.get(key, 0) + 1
 
     def _answered(self, index: int) -> None:
         self._preferred = index

@@ -1,4 +1,4 @@
-"""Command line: `gateway serve | check-config | token issue | keys generate | demo`."""
+"""Command line: `gateway serve | check-config | token issue | token revoke | keys generate | demo`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Payment-plan gateway")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for name, help_text in (("serve", "run the gateway"), ("check-config", "validate the config")):
+    for name, help_text in (("serve", "run the gateway"), ("check-config", "validate the config"),
+                            ("reload", "make a running gateway re-read its config (SIGHUP to its pid_file)")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
 
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     issue.add_argument("--service", required=True)
     issue.add_argument("--subscriber", required=True)
     issue.add_argument("--ttl", default=None, help="e.g. 1h, 30d (default: tokens.own.ttl)")
+    revoke = token.add_parser("revoke", help="revoke one token (its jti) or every token a subscriber has so far")
+    revoke.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    revoke.add_argument("jti", nargs="?", help="the token's jti claim")
+    revoke.add_argument("--subscriber", help="0xADDR: revoke every token issued to it up to now")
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="action", required=True)
     gen = keys.add_parser("generate", help="write a new PEM signing key")
@@ -54,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "serve":
         return _serve(args.config)
+    if args.command == "reload":
+        return _reload(args.config)
     if args.command == "token":
-        return _token_issue(args)
+        return _token_revoke(args) if args.action == "revoke" else _token_issue(args)
     if args.command == "keys":
         from gateway.own_issuer import generate_signing_key
 
@@ -100,8 +107,24 @@ def _serve(path: str) -> int:
     from gateway.observability import configure_logging
     from gateway.server import serve
 
-    configure_logging(os.environ.get("GATEWAY_LOG_LEVEL", "info"))
+    configure_logging(os.environ.get("GATEWAY_LOG_LEVEL", config.log_level),
+                      os.environ.get("GATEWAY_LOG_FORMAT", config.log_format))
     return serve(config)
+
+
+def _reload(path: str) -> int:
+    config = _load(path)
+    if config is None:
+        return 1  # the running gateway would refuse this file too: say so here, send nothing
+    if config.pid_file is None or not config.pid_file.exists():
+        print("no pid_file in the config, or no gateway running with it", file=sys.stderr)
+        return 1
+    from gateway.server import signal_reload
+
+    pid = int(config.pid_file.read_text().strip())
+    signal_reload(pid)
+    print(f"asked gateway {pid} to reload {path}")
+    return 0
 
 
 def _token_issue(args) -> int:
@@ -125,6 +148,23 @@ def _token_issue(args) -> int:
         return 1
     issuer = OwnIssuer(config.tokens.own)
     print(issuer.issue(subscriber, [service.id, config.public_url(service)], ttl=ttl))
+    return 0
+
+
+def _token_revoke(args) -> int:
+    if (args.jti is None) == (args.subscriber is None):
+        print("give either a JTI or --subscriber 0xADDR", file=sys.stderr)
+        return 2
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from gateway.revocation import revoke_command
+
+    try:
+        print(revoke_command(config, jti=args.jti, subscriber=address(args.subscriber) if args.subscriber else None))
+    except ValueError as exc:
+        print(f"bad argument: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -166,6 +166,10 @@ class GatewayConfig:
     plan_cache: PlanCacheConfig
     metering: MeteringConfig
     max_body: int = DEFAULT_MAX_BODY
+    shutdown_grace: float = 30.0          # on SIGTERM, calls in flight (streams too) get this long
+    pid_file: Path | None = None          # written by `serve`, read by `gateway reload`
+    log_level: str = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
     source: Path | None = None
 
     def public_url(self, service: ServiceConfig) -> str:

@@ -120,6 +120,9 @@ def parse_config(
         base_domain=root.get("base_domain", v.domain),
         max_body=root.get("max_body", v.size, DEFAULT_MAX_BODY),
         plan_cache=_plan_cache(root.child("plan_cache")),
+        shutdown_grace=root.get("shutdown_grace", v.duration, 30.0),
+        pid_file=root.get("pid_file", lambda raw: v.relative_path(raw, base_dir), None),
+        **_log(root.child("log")),
     )
     chains = _chains(root.child("chains"), problems)
     tokens = _tokens(root.child("tokens"), base_dir, problems)
@@ -153,6 +156,15 @@ def _substitute(value: Any, path: str, environ: Mapping[str, str], problems: lis
     if isinstance(value, list):
         return [_substitute(item, f"{path}[{i}]", environ, problems) for i, item in enumerate(value)]
     return value
+
+
+def _log(node: _Node | None) -> dict:
+    if node is None:
+        return {}
+    log = {"log_level": node.get("level", v.choice("debug", "info", "warning", "error"), "info"),
+           "log_format": node.get("format", v.choice("auto", "json", "console"), "auto")}
+    node.done()
+    return log
 
 
 def _plan_cache(node: _Node | None) -> PlanCacheConfig:

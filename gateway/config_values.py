@@ -159,6 +159,11 @@ def header_value(raw: Any) -> str:
     return text
 
 
+def relative_path(raw: Any, base_dir: Path) -> Path:
+    path = Path(non_empty(raw))
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
 def existing_file(base_dir: Path) -> Callable[[Any], Path]:
     def parse(raw: Any) -> Path:
         path = Path(non_empty(raw))

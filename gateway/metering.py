@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from gateway.config import EndpointRule, ServiceConfig
+from gateway.config import EndpointRule, Price, ServiceConfig
 from gateway.ledger import Account, InsufficientCredits, Ledger, Reservation
 from gateway.payment import plan_document, price_of, require_plan
-from gateway.config import Price
+from gateway.observability import Metrics
 from gateway.plans import Balance, PlanChecker
 from gateway.problems import Problem
 
@@ -36,8 +36,10 @@ class Hold:
 
 
 class Meter:
-    def __init__(self, ledger: Ledger, plans: PlanChecker, chain_ids: dict[str, int]) -> None:
+    def __init__(self, ledger: Ledger, plans: PlanChecker, chain_ids: dict[str, int],
+                 metrics: Metrics | None = None) -> None:
         self.ledger, self.plans, self.chain_ids = ledger, plans, chain_ids
+        self.metrics = metrics or Metrics()
 
     async def reserve(self, service: ServiceConfig, rule: EndpointRule | None, subscriber: str,
                       request_id: str) -> Hold | None:
@@ -66,6 +68,7 @@ class Meter:
                       f"{short.available} credit(s) available, this call needs {price.reserve}")
             extra = {"plan": doc} | ({"shortfall": short.shortfall} if short.shortfall else {})
             raise Problem(402, "payment_required", detail, extra=extra) from None
+        self.metrics.credits_reserved.labels(service.id).inc(price.reserve)
         return Hold(reservation, price, balance)
 
     async def complete(self, hold: Hold | None, status: int, headers) -> dict[str, str]:

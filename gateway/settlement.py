@@ -34,6 +34,7 @@ from eth_utils import function_signature_to_4byte_selector
 
 from gateway.chain_rpc import ChainUnavailable, JsonRpcClient, RpcError
 from gateway.ledger import Ledger, PendingGroup, Settlement
+from gateway.observability import Metrics
 from gateway.plans import ERC1155_BALANCE_OF
 
 log = structlog.get_logger("gateway.settlement")
@@ -94,11 +95,12 @@ class Report:
 
 class Settler:
     def __init__(self, ledger: Ledger, rpcs: Mapping[int, JsonRpcClient], operator_key: str,
-                 settle_every: float, clock=time.monotonic) -> None:
+                 settle_every: float, metrics: Metrics | None = None, clock=time.monotonic) -> None:
         self.ledger, self.rpcs, self.settle_every, self.clock = ledger, rpcs, settle_every, clock
+        self.metrics = metrics or Metrics()
         self._key = operator_key
         self.operator = EthAccount.from_key(operator_key).address
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # one cycle at a time
         self._next_nonce: dict[int, int] = {}
         self._retry_at: dict[Any, tuple[float, float]] = {}  # account -> (when, current backoff)
 
@@ -112,7 +114,7 @@ class Settler:
             await asyncio.sleep(self.settle_every)
 
     async def settle_once(self) -> Report:
-        async with self._lock:
+        async with self.lock:
             report = Report()
             await self.reconcile(report)
             sent: list[Settlement] = []
@@ -123,6 +125,7 @@ class Settler:
                     settlement = await self._settle_group(group, report)
                 except (SettlementRefused, ChainUnavailable, RpcError) as exc:
                     self._back_off(group)
+                    self.metrics.settlement_failures.labels(type(exc).__name__).inc()
                     report.refused.append(str(exc))
                     log.error("settlement_refused", subscriber=group.account.subscriber, contract=group.account.contract,
                               credits=group.amount, reason=str(exc))
@@ -215,11 +218,13 @@ class Settler:
         if int(receipt.get("status", "0x0"), 16) == 1:
             await self.ledger.mark_confirmed(s.id, int(receipt["blockNumber"], 16))
             report.confirmed.append(s.tx_hash)
+            self.metrics.credits_settled.inc(s.amount)
             audit.info("burned", subscriber=s.account.subscriber, contract=s.account.contract, credits=s.burn_amount,
                        charged=s.amount, tx_hash=s.tx_hash, gas_used=int(receipt.get("gasUsed", "0x0"), 16))
         else:
             await self.ledger.mark_failed(s.id, "transaction reverted on chain")
             report.failed.append(s.tx_hash)
+            self.metrics.settlement_failures.labels("reverted").inc()
             log.error("burn_reverted", tx_hash=s.tx_hash, subscriber=s.account.subscriber)
 
     def _backing_off(self, group: PendingGroup) -> bool:

@@ -10,6 +10,7 @@ through untouched: the client session never decompresses.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import AsyncIterator
 
 import aiohttp
@@ -19,6 +20,7 @@ from yarl import URL
 
 from gateway.config import ServiceConfig
 from gateway.headers import client_response_headers
+from gateway.observability import Metrics
 from gateway.problems import Problem
 
 CHUNK = 64 * 1024
@@ -61,8 +63,9 @@ class _LimitedBody:
 
 
 class Upstream:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics | None = None) -> None:
         self.session = session
+        self.metrics = metrics or Metrics()
 
     async def send(
         self, request: web.Request, service: ServiceConfig, url: URL, headers: CIMultiDict[str]
@@ -72,8 +75,9 @@ class Upstream:
             # Why: refuse before forwarding anything when the client announces an oversized body.
             raise Problem(413, "body_too_large", f"request body exceeds {service.max_body} bytes")
         body = _LimitedBody(request, service.max_body) if request.body_exists else None
+        started = time.perf_counter()
         try:
-            return await self.session.request(
+            response = await self.session.request(
                 request.method,
                 url,
                 headers=headers,
@@ -81,6 +85,8 @@ class Upstream:
                 allow_redirects=False,  # redirects are the client's to follow
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=service.timeout, sock_read=service.timeout),
             )
+            self.metrics.upstream_duration.labels(service.id).observe(time.perf_counter() - started)
+            return response
         except asyncio.TimeoutError:  # first: aiohttp's ServerTimeoutError is also a ClientError
             raise Problem(504, "upstream_timeout", f"upstream did not answer within {service.timeout:g}s") from None
         except (BodyTooLarge, aiohttp.ClientError) as exc:
@@ -100,18 +106,19 @@ class Upstream:
         headers = client_response_headers(upstream.headers, strip=strip)
         headers.update(extra_headers)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-        await response.prepare(request)
+        self.metrics.open_streams.inc()
         try:
+            await response.prepare(request)
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)
-        except asyncio.TimeoutError:
-            # The head was sent already: all we can do is cut the stream, which the client sees.
-            request.transport and request.transport.close()
-            return response
-        except aiohttp.ClientError:
-            request.transport and request.transport.close()
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            # The upstream broke off mid-answer. The head was sent already: all we can do is cut
+            # the stream, which the client sees as an incomplete body (never as a complete one).
+            if request.transport is not None:
+                request.transport.close()
             return response
         finally:
             upstream.release()
+            self.metrics.open_streams.dec()
         await response.write_eof()
         return response

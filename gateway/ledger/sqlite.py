@@ -216,6 +216,15 @@ class SqliteLedger:
 
     # ---- shortfalls and reports ---------------------------------------------------------------
 
+    async def oldest_unsettled_age(self) -> float:
+        """Seconds since the oldest charge not burned yet was made (0 when none): settlement lag."""
+
+        def query(conn: sqlite3.Connection) -> float:
+            (oldest,) = conn.execute("SELECT MIN(created_at) FROM charges WHERE settled_at IS NULL").fetchone()
+            return max(self.clock() - oldest, 0.0) if oldest is not None else 0.0
+
+        return await self.db.run(query)
+
     async def resolve_shortfalls(self, account: Account, note: str) -> int:
         return await self.db.transaction(lambda conn: conn.execute(
             f"UPDATE shortfalls SET resolved_at = ?, note = ? WHERE {_ACCOUNT} AND resolved_at IS NULL",
