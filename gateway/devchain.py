@@ -222,3 +222,27 @@ class DevChain:
     def revoke_burner(self, plan: str, operator: str) -> None:
         role = self.call(plan, "CreditsPlan", "BURNER_ROLE")
         self.transact(plan, "CreditsPlan", "revokeRole", role, operator)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gateway.devchain deploy --rpc-url URL [--mint ADDR=N ...]`: the one-shot
+    deploy job of docker-compose (a local dev chain only: it uses anvil's public dev keys)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m gateway.devchain")
+    parser.add_argument("action", choices=["deploy"])
+    parser.add_argument("--rpc-url", required=True)
+    parser.add_argument("--mint", action="append", default=[], metavar="ADDRESS=CREDITS")
+    parser.add_argument("--token-id", type=int, default=1)
+    args = parser.parse_args(argv)
+    chain = DevChain(args.rpc_url)
+    plan = chain.deploy_credits_plan()
+    for item in args.mint:
+        holder, _, amount = item.partition("=")
+        chain.mint_credits(plan, Web3.to_checksum_address(holder), args.token_id, int(amount))
+    print(f"CreditsPlan deployed at {plan}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
