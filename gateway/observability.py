@@ -21,7 +21,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """`fmt`: json, console, or auto (console when stdout is a terminal, JSON otherwise)."""
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
-    renderer = structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+    renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()) if console else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

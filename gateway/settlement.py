@@ -118,7 +118,12 @@ class Settler:
             report = Report()
             await self.reconcile(report)
             sent: list[Settlement] = []
-            for group in await self.ledger.pending_groups():
+            groups = await self.ledger.pending_groups()
+            if groups:
+                log.info("settlement_started", groups=len(groups), credits=sum(g.amount for g in groups))
+            for done, group in enumerate(groups):
+                if done and done % 50 == 0:  # a backlog: show progress
+                    log.info("settlement_progress", done=done, of=len(groups))
                 if self._backing_off(group):
                     continue
                 try:
