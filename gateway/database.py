@@ -6,6 +6,11 @@ with `synchronous=FULL`: a transaction that returned is on disk, whatever
 happens to the process afterwards. Writers take `BEGIN IMMEDIATE`, which also
 serializes worker processes sharing the file.
 
+Group commit: write transactions that arrive while the thread is busy are run
+together in ONE `BEGIN IMMEDIATE ... COMMIT` (one fsync), each inside its own
+SAVEPOINT so that one that fails rolls back alone. Each caller is answered only
+after that COMMIT: "returned" still means "on disk".
+
 Each component (ledger, auth state) owns a list of migrations; the applied
 version is kept per component in `schema_versions`.
 """
@@ -13,7 +18,9 @@ version is kept per component in `schema_versions`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import sqlite3
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -34,6 +41,10 @@ class SqliteDatabase:
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{self.path.name}")
         self._conn: sqlite3.Connection | None = None
+        self._pending: collections.deque = collections.deque()  # (fn, future, loop) waiting for a group commit
+        self._pending_lock = threading.Lock()
+        self.commits = 0       # group commits done (for tests and metrics)
+        self.transactions = 0  # transactions they carried
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -53,19 +64,43 @@ class SqliteDatabase:
         return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(self._open()))
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK if it raises)."""
-        return await self.run(lambda conn: self.transaction_sync(conn, fn))
+        """Run `fn(conn)` atomically (its own SAVEPOINT inside a group commit); return once committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._pending_lock:
+            self._pending.append((fn, future, loop))
+        loop.run_in_executor(self._executor, self._group_commit)
+        return await future
 
-    @staticmethod
-    def transaction_sync(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn.execute("BEGIN IMMEDIATE")
+    def _group_commit(self) -> None:
+        """On the database thread: everything queued so far, in one transaction."""
+        with self._pending_lock:
+            batch = list(self._pending)
+            self._pending.clear()
+        if not batch:
+            return  # an earlier run took these
+        outcomes: list[tuple[bool, object]] = []
         try:
-            result = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+            conn = self._open()
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, _, _ in batch:
+                conn.execute("SAVEPOINT one")
+                try:
+                    outcomes.append((True, fn(conn)))
+                    conn.execute("RELEASE one")
+                except Exception as exc:  # noqa: BLE001 - handed to that caller
+                    conn.execute("ROLLBACK TO one")
+                    conn.execute("RELEASE one")
+                    outcomes.append((False, exc))
+            conn.execute("COMMIT")
+            self.commits += 1
+            self.transactions += len(batch)
+        except Exception as exc:  # noqa: BLE001 - BEGIN/COMMIT failed: nobody's write is durable
+            if self._conn is not None and self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            outcomes = [(False, exc)] * len(batch)
+        for (_, future, loop), (ok, value) in zip(batch, outcomes):
+            loop.call_soon_threadsafe(_settle, future, ok, value)
 
     async def migrate(self, component: str, migrations: Sequence[Migration]) -> int:
         """Apply the component's migrations not applied yet; return its schema version."""
@@ -94,6 +129,15 @@ class SqliteDatabase:
         if self._conn is not None:
             await self.run(close)
         self._executor.shutdown(wait=True)
+
+
+def _settle(future: asyncio.Future, ok: bool, value) -> None:
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def _statements(script: str) -> list[str]:

@@ -140,3 +140,18 @@ async def test_migrations_apply_once_and_refuse_a_newer_schema(tmp_path):
     journal = await db.run(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0])
     assert journal == "wal"
     await db.close()
+
+
+async def test_group_commit_batches_concurrent_writes_and_isolates_a_failing_one(tmp_path):
+    db = SqliteDatabase(tmp_path / "g.db")
+    await db.run(lambda conn: conn.execute("CREATE TABLE t (v INTEGER UNIQUE)"))
+
+    def insert(v):
+        return lambda conn: conn.execute("INSERT INTO t VALUES (?)", (v,)).rowcount
+
+    results = await asyncio.gather(*(db.transaction(insert(v)) for v in [*range(50), 7]), return_exceptions=True)
+    assert results[:50] == [1] * 50
+    assert isinstance(results[50], Exception) and "UNIQUE" in str(results[50])  # only the duplicate failed
+    assert await db.run(lambda conn: conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 50
+    assert db.transactions == 51 and db.commits < 51  # fewer fsyncs than transactions
+    await db.close()
