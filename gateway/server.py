@@ -29,6 +29,7 @@ log = structlog.get_logger("gateway.server")
 
 
 async def run(config: GatewayConfig, worker: int = 0, reuse_port: bool = False) -> None:
+    structlog.contextvars.bind_contextvars(worker=worker)  # every log line says which process wrote it
     public = build_app(config, settle=worker == 0)
     runners = [public_runner(public, shutdown_timeout=config.shutdown_grace)]
     await runners[0].setup()

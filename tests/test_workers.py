@@ -1,0 +1,33 @@
+"""`workers: 2`: two processes on one port share the ledger; reservations stay exact across them."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import yaml
+
+from conftest import START_CREDITS, SUBSCRIBER
+from test_crash_safety import Served
+
+
+def test_two_workers_never_spend_more_than_the_balance(chain, plugin, signing_key, tmp_path):
+    served = Served(chain, plugin, signing_key, tmp_path)
+    data = yaml.safe_load(served.path.read_text())
+    data["workers"] = 2
+    served.path.write_text(yaml.safe_dump(data))
+    served.start()
+    try:
+        served.child.wait_for(r'"worker": 1', timeout=30)  # both workers listen
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            results = list(pool.map(lambda _: served.call("/query", {"queries": [{"query": "love"}]}),
+                                    range(5 * START_CREDITS)))
+        statuses = sorted(status for status, _ in results)
+        served_by = {line.split('"worker": ')[1][0] for line in served.child.lines if '"event": "request"' in line}
+        assert served_by == {"0", "1"}  # the kernel spread the connections over both processes
+        assert statuses.count(200) == START_CREDITS and statuses.count(402) == 4 * START_CREDITS
+        assert served.ledger("SELECT SUM(amount), COUNT(*) FROM charges") == [(START_CREDITS, START_CREDITS)]
+        served.settle()
+        assert chain.dev.credits_of(chain.credits_plan, SUBSCRIBER, 1) == 0
+    finally:
+        served.stop()
+    assert served.child.proc.returncode == 0
