@@ -1,4 +1,4 @@
-"""Command line: `gateway serve | check-config | token issue | token revoke | keys generate | demo`."""
+"""Command line: `gateway serve | check-config | token issue | token revoke | keys generate | import-openapi | demo`."""
 
 from __future__ import annotations
 
@@ -50,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     resolve.add_argument("--subscriber", required=True)
     resolve.add_argument("--note", required=True, help="why it is resolved (kept in the ledger)")
 
+    imp = sub.add_parser("import-openapi", help="protected_endpoints from an OpenAPI 3 document (YAML or JSON)")
+    imp.add_argument("source", metavar="URL_OR_FILE")
+    imp.add_argument("--service", required=True)
+    imp.add_argument("--exclude-method", action="append", default=[], metavar="METHOD")
+    imp.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                     help="skip operations whose path (or 'METHOD /path') this regex finds")
+    imp.add_argument("--base-path", default=None, help="prefix for every path (default: the first server's path)")
+    imp.add_argument("--write", metavar="CONFIG", help="add the rules to this config file in place (comments kept)")
+
     demo = sub.add_parser("demo", help="local chain + plan + example plugin + gateway, walked through")
     demo.add_argument("--once", action="store_true", help="exit after the walk-through")
     demo.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
@@ -75,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in ("usage", "shortfall"):
         return _ledger_command(args)
+    if args.command == "import-openapi":
+        return _import_openapi(args)
     if args.command == "demo":
         from gateway.demo import run_demo
 
@@ -187,4 +198,35 @@ def _ledger_command(args) -> int:
         return 1
     count = resolve_shortfall(config, args.service, subscriber, args.note)
     print(f"resolved {count} shortfall(s) of {subscriber} on {args.service}")
+    return 0
+
+
+def _import_openapi(args) -> int:
+    import re
+
+    from gateway import openapi_import as oi
+
+    try:
+        for pattern in args.exclude:
+            re.compile(pattern)
+        document = oi.load_document(args.source)
+        for warning in oi.validation_warnings(document):
+            print(f"warning: {args.source}: {warning}", file=sys.stderr)
+        ops = oi.operations(document, args.exclude_method, args.exclude, args.base_path)
+        oi.check(ops)
+        if args.write:
+            added, kept = oi.write_config(args.write, args.service, ops)
+            print(f"{args.write}: services.{args.service}.protected_endpoints: {added} rule(s) added, "
+                  f"{kept} already listed")
+            return 0
+    except re.error as exc:
+        print(f"bad --exclude regex: {exc}", file=sys.stderr)
+        return 1
+    except oi.ImportProblem as exc:
+        print(exc, file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    title = document.get("info", {}).get("title") if isinstance(document.get("info"), dict) else None
+    print(oi.render(ops, args.service, args.source, title), end="")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal, Mapping
 
@@ -121,6 +122,26 @@ class PlanConfig:
 
 
 @dataclass(frozen=True)
+class McpConfig:
+    """An MCP server behind the gateway: JSON-RPC `tools/call` requests on `path` are priced by tool."""
+
+    path: str                             # e.g. /mcp (a literal path)
+    rule: EndpointRule                    # matches exactly `path`, any method (for classification and logs)
+    tools: Mapping[str, int]              # tool name -> credits per call
+    default_tool_credits: int             # a tool not listed in `tools`
+
+
+@dataclass(frozen=True)
+class CorsConfig:
+    """Cross-origin calls from browsers: the gateway answers preflights and adds the CORS headers."""
+
+    origins: tuple[str, ...]              # exact origins (scheme://host[:port]), or ("*",)
+    allow_headers: tuple[str, ...] = ()   # request headers allowed besides the defaults
+    expose_headers: tuple[str, ...] = ()  # response headers exposed besides the defaults
+    max_age: float = 600.0                # how long a browser may cache a preflight answer
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     id: str
     upstream: str                         # scheme://host[:port][/base], no trailing slash
@@ -134,6 +155,8 @@ class ServiceConfig:
     protected_endpoints: tuple[EndpointRule, ...] = ()
     plan: PlanConfig | None = None
     max_body: int = DEFAULT_MAX_BODY
+    mcp: McpConfig | None = None          # an MCP server (Streamable HTTP) priced per tool
+    cors: CorsConfig | None = None        # browsers on these origins may call the service
 
 
 @dataclass(frozen=True)
@@ -166,6 +189,7 @@ class GatewayConfig:
     plan_cache: PlanCacheConfig
     metering: MeteringConfig
     max_body: int = DEFAULT_MAX_BODY
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()  # their X-Forwarded-Proto is believed
     shutdown_grace: float = 30.0          # on SIGTERM, calls in flight (streams too) get this long
     pid_file: Path | None = None          # written by `serve`, read by `gateway reload`
     log_level: str = "info"

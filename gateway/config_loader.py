@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import os
 import re
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from types import MappingProxyType
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
 from gateway import config_values as v
 from gateway.config import (
     ChainConfig,
+    CorsConfig,
     EndpointRule,
     GatewayConfig,
     IssuerConfig,
+    McpConfig,
     MeteringConfig,
     OwnIssuerConfig,
     PlanCacheConfig,
@@ -121,6 +126,7 @@ def parse_config(
         max_body=root.get("max_body", v.size, DEFAULT_MAX_BODY),
         plan_cache=_plan_cache(root.child("plan_cache")),
         shutdown_grace=root.get("shutdown_grace", v.duration, 30.0),
+        trusted_proxies=tuple(root.get("trusted_proxies", v.list_of(_network), ()) or ()),
         pid_file=root.get("pid_file", lambda raw: v.relative_path(raw, base_dir), None),
         **_log(root.child("log")),
     )
@@ -128,7 +134,7 @@ def parse_config(
     tokens = _tokens(root.child("tokens"), base_dir, problems)
     services = _services(root.child("services", required=True), chains, config_kwargs["max_body"], problems)
     # Why: a protected endpoint nobody can get a token for is a misconfiguration, not a lock.
-    if any(s.protected_endpoints for s in services.values()) and not (tokens.issuers or tokens.own):
+    if any(s.protected_endpoints or s.mcp for s in services.values()) and not (tokens.issuers or tokens.own):
         problems.append("tokens: protected endpoints need at least one issuer (tokens.issuers or tokens.own)")
     metering = _metering(root.child("metering"), base_dir)
     root.done()
@@ -282,10 +288,17 @@ def _services(
             protected_endpoints=protected,
             plan=plan,
             max_body=s.get("max_body", v.size, max_body or DEFAULT_MAX_BODY),
+            mcp=_mcp(s.child("mcp"), plan),
+            cors=_cors(s.child("cors")),
         )
         # Why: a protected endpoint without a plan could never be paid for; refuse the config.
         if protected and plan_node is None:
             problems.append(f"{s.at('plan')}: required when protected_endpoints are listed")
+        if service.mcp is not None and plan_node is None:
+            problems.append(f"{s.at('plan')}: required when mcp is set (its calls are protected)")
+        if service.mcp is not None and plan is not None and plan.standard == "erc721" and (
+                service.mcp.tools or s.value["mcp"].get("default_tool_credits") is not None):
+            problems.append(f"{s.at('mcp')}: an erc721 pass plan has no credits to price tools with")
         if plan is not None and plan.standard == "erc721" and any(r.price for r in protected):
             problems.append(f"{s.at('protected_endpoints')}: an erc721 pass plan has no credits to price")
         for host in (sid, service.did_label, *service.hosts):
@@ -340,6 +353,82 @@ def _price(raw: Any) -> Price:
             raise ValueError("dynamic credits need integers 0 <= min <= max (max is required)")
         return Price(header=str(raw.get("header") or DEFAULT_PRICE_HEADER), min=lo, max=hi)
     raise ValueError("must be a number of credits or {header, min, max}")
+
+
+_MCP_PATH = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+")
+
+
+def _mcp(m: _Node | None, plan: PlanConfig | None) -> McpConfig | None:
+    """`mcp: {path: /mcp, tools: {search: 2, summarize: {credits: 5}}, default_tool_credits: 1}`."""
+    if m is None:
+        return None
+    path = m.get("path", _mcp_path, "/mcp")
+    tools = m.get("tools", _tool_prices, {})
+    default = m.get("default_tool_credits", v.integer(0), plan.credits if plan else 1)
+    m.done()
+    if path is None or tools is None or default is None:
+        return None
+    rule = EndpointRule(source=f"mcp {path}", methods=None, pattern=re.compile(re.escape(path)))
+    return McpConfig(path=path, rule=rule, tools=MappingProxyType(tools), default_tool_credits=default)
+
+
+def _mcp_path(raw: Any) -> str:
+    path = v.non_empty(raw)
+    # Why literal and normalized: the path is compared to the normalized request path as a string.
+    if not _MCP_PATH.fullmatch(path) or any(seg in (".", "..") for seg in path.split("/")):
+        raise ValueError(f"must be a literal path such as /mcp (got {path!r})")
+    if path.startswith(("/.gateway/", "/.well-known/")):
+        raise ValueError("must not be under /.gateway/ or /.well-known/")
+    return path
+
+
+def _tool_prices(raw: Any) -> dict[str, int]:
+    if not isinstance(raw, Mapping):
+        raise ValueError("must map tool names to credits (search: 2, or summarize: {credits: 5})")
+    prices = {}
+    for name, price in raw.items():
+        if isinstance(price, Mapping):
+            if set(price) != {"credits"}:
+                raise ValueError(f"tool {name!r}: only {{credits: N}} is allowed")
+            price = price["credits"]
+        try:
+            prices[str(name)] = v.integer(0)(price)
+        except ValueError as exc:
+            raise ValueError(f"tool {name!r}: credits {exc}") from None
+    return prices
+
+
+def _cors(c: _Node | None) -> CorsConfig | None:
+    if c is None:
+        return None
+    cors = CorsConfig(
+        origins=tuple(c.get("origins", v.list_of(_origin, min_items=1)) or ()),
+        allow_headers=tuple(c.get("allow_headers", v.list_of(v.header_name), ()) or ()),
+        expose_headers=tuple(c.get("expose_headers", v.list_of(v.header_name), ()) or ()),
+        max_age=c.get("max_age", v.duration, 600.0),
+    )
+    c.done()
+    return cors
+
+
+def _origin(raw: Any) -> str:
+    text = v.non_empty(raw)
+    if text == "*":
+        return text
+    parts = urlsplit(text)
+    # Why exact origins only: browsers send exactly scheme://host[:port]; a path or a "null"
+    # origin (sandboxed frames, files) would either never match or let any such page in.
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query \
+            or parts.fragment or parts.username or text.endswith("/"):
+        raise ValueError(f"not an origin like https://app.example.com (got {text!r})")
+    return text.lower()
+
+
+def _network(raw: Any) -> IPv4Network | IPv6Network:
+    try:
+        return ip_network(v.non_empty(raw), strict=False)
+    except ValueError:
+        raise ValueError(f"not an IP address or network (got {raw!r})") from None
 
 
 def _plan(p: _Node, chains: Mapping[str, ChainConfig]) -> PlanConfig:

@@ -104,6 +104,7 @@ def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: 
     query = {"queries": [{"query": "blue suede"}]}
     ok = _show("open endpoint, no token: GET /.well-known/ai-plugin.json",
                *_pick(call(base, "GET", "/.well-known/ai-plugin.json")), expect=200)
+    ok &= _show_rewritten_manifest(base, port, plugin_port)
     ok &= _show("protected endpoint, no token: POST /query", *_pick(call(base, "POST", "/query", body=query)), 401)
     ok &= _show(f"protected endpoint, token of {BROKE} (no credits): POST /query",
                 *_pick(call(base, "POST", "/query", tokens[BROKE], query)), 402)
@@ -140,6 +141,25 @@ def _show_settlement(chain: DevChain, plan: str, admin_port: int, charged: int) 
     print(f"[{'ok ' if good else 'FAIL'}] settlement: one burnCredits transaction for {charged} charged credits\n"
           f"       tx {', '.join(report['confirmed']) or '(none)'}\n"
           f"       on-chain balance of {SUBSCRIBER}: {before} -> {after}\n")
+    return good
+
+
+def _show_rewritten_manifest(base: str, port: int, plugin_port: int) -> bool:
+    """The plugin's manifest and OpenAPI document as ChatGPT gets them: on the proxy URL, user_http auth."""
+    host = f"{HOST}:{port}"
+    texts = []
+    for path in ("/.well-known/ai-plugin.json", "/.well-known/openapi.yaml"):
+        with urllib.request.urlopen(urllib.request.Request(base + path, headers={"Host": host}), timeout=10) as resp:
+            texts.append(resp.read().decode())
+    manifest = json.loads(texts[0])
+    servers = [line.split("url:", 1)[1].strip() for line in texts[1].splitlines() if "url:" in line]
+    leaked = any(f"127.0.0.1:{plugin_port}" in text for text in texts)
+    good = (manifest["api"]["url"] == f"http://{host}/.well-known/openapi.yaml" and servers == [f"http://{host}"]
+            and manifest["auth"] == {"type": "user_http", "authorization_type": "bearer"} and not leaked)
+    print(f"[{'ok ' if good else 'FAIL'}] the plugin's manifest, rewritten by the gateway (the plugin was not touched)\n"
+          f"       api.url {manifest['api']['url']}, logo_url {manifest['logo_url']}\n"
+          f"       auth {json.dumps(manifest['auth'])}; OpenAPI servers {', '.join(servers)}\n"
+          f"       the plugin's own address (127.0.0.1:{plugin_port}) appears in them: {leaked}\n")
     return good
 
 

@@ -1,32 +1,117 @@
 """The gateway's own endpoints under `/.gateway/` on every service host (SPEC §6).
 
-They are answered by the gateway and never forwarded upstream.
+They are answered by the gateway and never forwarded upstream:
+- `GET /.gateway/plan`: the service's plan as JSON;
+- `GET /.gateway/jwks.json`: the own issuer's public keys (signing key and previous keys);
+- `GET /.gateway/nonce`: a sign-in nonce, `{"nonce", "expires_in"}`;
+- `GET /.gateway/login`: the sign-in page (`login_page.html`, no external resources, strict CSP);
+- `POST /.gateway/login` `{message, signature}`: Sign-In with Ethereum (`gateway.signin`).
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Awaitable, Callable
+
 from aiohttp import web
 
 from gateway.config import GatewayConfig, ServiceConfig
+from gateway.mcp import offer as mcp_offer
 from gateway.own_issuer import OwnIssuer
 from gateway.payment import plan_document, price_of
 from gateway.problems import Problem
+from gateway.public_url import public_base
+from gateway.signin import Origin, SignIn
+
+LOGIN_BODY_LIMIT = 64 * 1024  # a SIWE message and a signature are a few hundred bytes
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+Handler = Callable[[web.Request, ServiceConfig], Awaitable[web.StreamResponse]]
+
+
+@functools.lru_cache(maxsize=1)  # read once per process, not on every config reload
+def _login_page() -> tuple[bytes, str]:
+    """The page, and a Content-Security-Policy that allows exactly its inline script and style."""
+    html = (Path(__file__).parent / "login_page.html").read_text(encoding="utf-8")
+
+    def digests(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S)
+        return " ".join("'sha256-%s'" % base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in blocks)
+
+    # Why this CSP: nothing but the page's own script and style runs, it talks only to this host,
+    # and no other site can frame it (clickjacking a wallet signature) or read its referrer.
+    csp = (f"default-src 'none'; script-src {digests('script')}; style-src {digests('style')}; "
+           "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return html.encode(), csp
 
 
 class GatewayEndpoints:
-    def __init__(self, config: GatewayConfig, own_issuer: OwnIssuer | None) -> None:
+    def __init__(self, config: GatewayConfig, own_issuer: OwnIssuer | None, signin: SignIn | None = None) -> None:
         self.config = config
         self.own_issuer = own_issuer
+        self.signin = signin
+        self._page, self._csp = _login_page()
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/.gateway/plan": {"GET": self._plan},
+            "/.gateway/jwks.json": {"GET": self._jwks},
+            "/.gateway/nonce": {"GET": self._nonce},
+            "/.gateway/login": {"GET": self._login_page, "POST": self._login},
+        }
 
     async def handle(self, request: web.Request, service: ServiceConfig, path: str) -> web.StreamResponse:
-        if request.method not in ("GET", "HEAD"):
+        handlers = self._routes.get(path)
+        if handlers is None or (path == "/.gateway/jwks.json" and self.own_issuer is None) or (
+                path in ("/.gateway/nonce", "/.gateway/login") and self.signin is None):
+            # Why 404: without an own issuer there is no JWKS to publish and no token to sign in for.
+            raise Problem(404, "endpoint_not_exposed", f"{path} is not a gateway endpoint")
+        method = "GET" if request.method == "HEAD" else request.method
+        handler = handlers.get(method)
+        if handler is None:
+            allowed = ", ".join(sorted(set(handlers) | ({"HEAD"} if "GET" in handlers else set())))
             raise Problem(405, "method_not_allowed", f"{request.method} is not allowed on {path}",
-                          headers={"Allow": "GET, HEAD"})
-        if path == "/.gateway/plan":
-            return web.json_response(self.plan(service))
-        if path == "/.gateway/jwks.json" and self.own_issuer is not None:
-            return web.json_response(self.own_issuer.jwks(), headers={"Cache-Control": "public, max-age=300"})
-        raise Problem(404, "endpoint_not_exposed", f"{path} is not a gateway endpoint")
+                          headers={"Allow": allowed})
+        return await handler(request, service)
+
+    async def _plan(self, request: web.Request, service: ServiceConfig) -> web.StreamResponse:
+        return web.json_response(self.plan(service))
+
+    async def _jwks(self, request: web.Request, service: ServiceConfig) -> web.StreamResponse:
+        assert self.own_issuer is not None
+        return web.json_response(self.own_issuer.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+    async def _nonce(self, request: web.Request, service: ServiceConfig) -> web.StreamResponse:
+        assert self.signin is not None
+        nonce, _ = self.signin.nonces.issue()
+        return web.json_response({"nonce": nonce, "expires_in": int(self.signin.nonces.ttl)}, headers=NO_STORE)
+
+    async def _login_page(self, request: web.Request, service: ServiceConfig) -> web.StreamResponse:
+        headers = {"Content-Security-Policy": self._csp, "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+                   "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+        return web.Response(body=self._page, content_type="text/html", charset="utf-8", headers=headers)
+
+    async def _login(self, request: web.Request, service: ServiceConfig) -> web.StreamResponse:
+        assert self.signin is not None
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(16384):
+            body += chunk
+            if len(body) > LOGIN_BODY_LIMIT:
+                raise Problem(413, "body_too_large", f"a sign-in request is at most {LOGIN_BODY_LIMIT} bytes")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("message"), str) \
+                or not isinstance(data.get("signature"), str):
+            raise Problem(400, "bad_request", 'send JSON {"message": "<EIP-4361 text>", "signature": "0x..."}')
+        # The scheme the client used (public_scheme, or a trusted proxy's X-Forwarded-Proto) and its Host.
+        origin = Origin(public_base(self.config, request).split("://", 1)[0], request.headers.get("Host", ""))
+        answer = await self.signin.login(service, origin, data["message"], data["signature"])
+        # Why no-store: the answer carries a bearer token (RFC 6749 §5.1).
+        return web.json_response(answer, headers=NO_STORE)
 
     def plan(self, service: ServiceConfig) -> dict:
         if service.plan is None:
@@ -36,6 +121,8 @@ class GatewayEndpoints:
             {"endpoint": rule.source, "credits": _price_json(price_of(service, rule))}
             for rule in service.protected_endpoints
         ]
+        if service.mcp is not None:
+            doc["mcp"] = mcp_offer(service)  # credits per MCP tool
         return {"service": service.id, "plan": doc}
 
 

@@ -42,12 +42,14 @@ class Meter:
         self.metrics = metrics or Metrics()
 
     async def reserve(self, service: ServiceConfig, rule: EndpointRule | None, subscriber: str,
-                      request_id: str) -> Hold | None:
-        """Hold the call's credits, or raise 402. None when nothing is metered (erc721 pass, price 0)."""
+                      request_id: str, price: Price | None = None) -> Hold | None:
+        """Hold the call's credits, or raise 402. None when nothing is metered (erc721 pass, price 0).
+
+        `price`: decided for this very request (an MCP call priced by its tools); default: the rule's."""
         plan = service.plan
         assert plan is not None
         chain_id = self.chain_ids[plan.chain]
-        price = price_of(service, rule)
+        price = price if price is not None else price_of(service, rule)
         if plan.standard == "erc721":
             # A pass grants access, not credits: check it, charge nothing.
             await require_plan(self.plans, chain_id, service, price, subscriber)
@@ -83,6 +85,16 @@ class Meter:
         remaining = await _shielded(self.ledger.charge(hold.reservation, amount, hold.balance.amount,
                                                       hold.balance.read_at))
         return {"X-Credits-Charged": str(amount), "X-Credits-Remaining": str(remaining)}
+
+    async def available(self, service: ServiceConfig, subscriber: str) -> int:
+        """What the subscriber can spend now: the on-chain balance net of unsettled charges and holds."""
+        plan = service.plan
+        assert plan is not None
+        balance = await self.plans.read(plan, subscriber)
+        if plan.standard == "erc721":
+            return balance.amount  # passes held: no credits to net
+        account = Account(self.chain_ids[plan.chain], plan.contract, int(plan.token_id or 0), subscriber)
+        return await self.ledger.available(account, balance.amount, balance.read_at)
 
     async def release(self, hold: Hold | None) -> None:
         if hold is not None:

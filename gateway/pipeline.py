@@ -1,6 +1,7 @@
 """The request path, top to bottom (SPEC §4-§9).
 
-route -> normalize -> classify -> authenticate -> reserve credits -> forward ->
+route -> normalize -> (CORS preflight) -> classify -> (documents the gateway answers itself)
+-> authenticate -> price (an MCP call: by its tools) -> reserve credits -> forward ->
 charge (on the status line) -> relay,
 every refusal raised as a `Problem` and answered in one place, one log line
 per request. Each step lives in its own module; this file only orders them.
@@ -14,13 +15,17 @@ from dataclasses import asdict, dataclass
 import structlog
 from aiohttp import web
 
-from gateway.config import GatewayConfig
+from gateway import cors, mcp
+from gateway.config import GatewayConfig, ServiceConfig
 from gateway.gateway_endpoints import GatewayEndpoints
 from gateway.headers import request_id, upstream_request_headers
 from gateway.observability import Metrics
 from gateway.metering import Hold, Meter
+from gateway.payment_required import add_header as with_payment_terms
+from gateway.plugin_manifest import PluginDocuments
 from gateway.problems import Problem, render
-from gateway.routing import ServiceRouter, classify, normalize_path
+from gateway.public_url import public_base
+from gateway.routing import Decision, ServiceRouter, classify, normalize_path
 from gateway.tokens import TokenVerifier
 from gateway.upstream import Upstream, target_url
 from gateway.websocket import is_websocket, proxy_websocket
@@ -59,6 +64,7 @@ class Pipeline:
     ) -> None:
         self.config, self.router, self.tokens, self.meter = config, router, tokens, meter
         self.upstream, self.endpoints, self.metrics = upstream, endpoints, metrics
+        self.plugin_documents = PluginDocuments(upstream.session)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Answer one request; write its access-log line whatever happens (client gone included)."""
@@ -71,12 +77,13 @@ class Pipeline:
                 response = await self._decide_and_forward(request, raw_path, query, out)
             except Problem as problem:
                 out.code = problem.code
-                response = render(problem, out.request_id)
+                response = mcp.render_refusal(problem, out.request_id)  # problem JSON (JSON-RPC for MCP calls)
             except Exception:
                 # A bug, not a decision: answer in the same problem format and keep the traceback.
                 log.exception("unhandled_error", request_id=out.request_id)
                 out.code = "internal_error"
                 response = render(Problem(500, "internal_error", "unexpected gateway error"), out.request_id)
+            cors.decorate(request, response)  # answers already streaming carry them from the relay
             out.status = response.status
             return response
         finally:
@@ -95,23 +102,34 @@ class Pipeline:
         out.service = service.id
         path = normalize_path(raw_path)
         out.path = path
+        if service.cors is not None:
+            cors.remember(request, service.cors)
+            if cors.is_preflight(request):
+                # A browser asking whether it may call: it sends no token, so the gateway answers.
+                out.decision = "preflight"
+                return cors.preflight(service.cors, request, path, lambda method: self._exposes(service, method, path))
         if path.startswith("/.gateway/"):
             # The gateway's own endpoints: answered here, never forwarded.
             out.decision = "gateway"
+            if path == "/.gateway/plan" and request.headers.get("Authorization") and service.plan is not None:
+                return await self._plan_for_subscriber(request, service)
             return await self.endpoints.handle(request, service, path)
-        decision = classify(service, request.method, path)
+        decision = self._classify(service, request.method, path)
         out.rule, out.decision = decision.rule_name, decision.kind
+        if decision.kind != "protected" and (document := await self._own_document(request, service, path)):
+            out.decision = "gateway"  # a discovery document the gateway writes (protected ones are forwarded)
+            return document
         if decision.kind == "not_exposed":
             # Deny by default: only what the owner listed is reachable.
             raise Problem(404, "endpoint_not_exposed", f"{request.method} {path} is not exposed by {service.id}")
-        subscriber, hold = None, None
+        subscriber, hold, call = None, None, None
         if decision.kind == "protected":
-            who = await self.tokens.verify(
-                request.headers.get("Authorization"), service, self.config.public_url(service)
-            )
-            subscriber = out.subscriber = who.address
+            subscriber = out.subscriber = await self._authenticate(request, service, decision)
             if subscriber != service.owner:  # the owner's own calls are free, never charged
-                hold = await self.meter.reserve(service, decision.rule, subscriber, out.request_id)
+                call = await mcp.read_call(request, service, decision)  # an MCP POST: priced by its tools
+                if call is not None and call.tools:
+                    out.rule = f"{out.rule}: {', '.join(call.tools)}"
+                hold = await self._reserve(request, service, decision, subscriber, out, call)
         headers = upstream_request_headers(
             request.headers, service, peer=request.remote, public_host=request.headers.get("Host", ""),
             public_scheme=self.config.public_scheme, req_id=out.request_id, subscriber=subscriber,
@@ -121,7 +139,7 @@ class Pipeline:
             if is_websocket(request):
                 return await proxy_websocket(request, self.upstream.session, url, headers, service.timeout,
                                              on_open=lambda: self._charge(hold, 200, {}, out))
-            upstream = await self.upstream.send(request, service, url, headers)
+            upstream = await self.upstream.send(request, service, url, headers, call.body if call else None)
         except BaseException:
             await self.meter.release(hold)  # refused, unreachable, timed out, or the client left
             raise
@@ -132,7 +150,55 @@ class Pipeline:
             upstream.release()
             raise
         strip = frozenset({hold.price.header.lower()}) if hold and hold.price.is_dynamic else frozenset()
-        return await self.upstream.relay(request, upstream, {"X-Request-Id": out.request_id, **credit_headers}, strip)
+        extra = {"X-Request-Id": out.request_id, **credit_headers, **cors.answer_headers(request, upstream.headers)}
+        return await self.upstream.relay(request, upstream, extra, strip | cors.strip_upstream(request))
+
+    @staticmethod
+    def _classify(service: ServiceConfig, method: str, path: str) -> Decision:
+        return mcp.classify(service, path) or classify(service, method, path)
+
+    def _exposes(self, service: ServiceConfig, method: str, path: str) -> bool:
+        return path.startswith("/.gateway/") or self._classify(service, method, path).kind != "not_exposed"
+
+    async def _authenticate(self, request: web.Request, service: ServiceConfig, decision: Decision | None) -> str:
+        """The subscriber's address from a valid token, or a 401/403 problem."""
+        try:
+            who = await self.tokens.verify(
+                request.headers.get("Authorization"), service, self.config.public_url(service)
+            )
+        except Problem as problem:
+            # An MCP client learns from the challenge where to get a token (RFC 9728).
+            raise mcp.with_resource_metadata(problem, service, decision, public_base(self.config, request))
+        return who.address
+
+    async def _reserve(self, request: web.Request, service: ServiceConfig, decision: Decision, subscriber: str,
+                       out: Outcome, call: mcp.McpCall | None) -> Hold | None:
+        try:
+            return await self.meter.reserve(service, decision.rule, subscriber, out.request_id,
+                                            price=call.price if call else None)
+        except Problem as problem:
+            # A 402 carries machine-readable terms; a refused MCP call is answered in JSON-RPC.
+            problem = with_payment_terms(problem, public_base(self.config, request), out.path)
+            raise call.refusal(problem) if call else problem
+
+    async def _own_document(self, request: web.Request, service: ServiceConfig, path: str) -> web.Response | None:
+        """Discovery documents the gateway writes itself: the plugin manifest and its OpenAPI
+        document (upstream URLs rewritten), and an MCP service's protected-resource metadata."""
+        if request.method not in ("GET", "HEAD"):
+            return None
+        base = public_base(self.config, request)
+        return (mcp.resource_metadata(self.config, service, path, base)
+                or await self.plugin_documents.answer(request, service, path, base))
+
+    async def _plan_for_subscriber(self, request: web.Request, service: ServiceConfig) -> web.Response:
+        """/.gateway/plan with a token: the plan, plus what this subscriber can spend right now."""
+        if request.method not in ("GET", "HEAD"):
+            return await self.endpoints.handle(request, service, "/.gateway/plan")  # its 405
+        subscriber = await self._authenticate(request, service, None)
+        document = self.endpoints.plan(service)
+        document["subscriber"] = subscriber
+        document["plan"]["balance"] = await self.meter.available(service, subscriber)
+        return web.json_response(document, headers={"Cache-Control": "no-store"})
 
     async def _charge(self, hold: Hold | None, status: int, headers, out: Outcome) -> dict[str, str]:
         credit_headers = await self.meter.complete(hold, status, headers)

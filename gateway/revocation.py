@@ -28,7 +28,8 @@ from typing import Callable
 
 from eth_utils import to_checksum_address
 
-from gateway.database import SqliteDatabase
+from gateway.config import GatewayConfig
+from gateway.database import SqliteDatabase, sqlite_path
 from gateway.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -127,3 +128,19 @@ class RevocationList:
     async def load(self) -> None:
         """Read the list now (start-up: a missing or unreadable database is found at once)."""
         await self._refresh_shared()
+
+
+def revoke_command(config: GatewayConfig, *, jti: str | None, subscriber: str | None) -> str:
+    """`gateway token revoke`: record the revocation in the ledger's database; what to print."""
+
+    async def run() -> float:
+        db = SqliteDatabase(sqlite_path(config.metering.ledger))
+        try:
+            return await revoke(db, jti=jti, subscriber=subscriber)
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+    what = f"token {jti}" if jti is not None else f"every token issued to {subscriber} until now"
+    return (f"revoked {what}; running gateways on {config.metering.ledger} refuse it "
+            f"within {config.tokens.revocation_refresh:g}s")

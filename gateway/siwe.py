@@ -7,7 +7,8 @@ date-times. The signature covers the exact text, so nothing is normalized or rep
 
 Two readings go beyond the bare grammar: a mixed-case address must carry a valid EIP-55
 checksum (a single-case one has no checksum to check, and wallets hand out lower-case
-addresses), and a chain id must fit in a uint256 (EIP-155).
+addresses), and a chain id must fit in a uint256 (EIP-155) and have no leading zeros (so that
+every accepted text is exactly what `text()` writes back).
 
 `SiweMessage.text()` writes a message back out; `parse(m.text()) == m` for every valid `m`.
 PyPI's `siwe` packages pin web3<8, hence this module (see README, Decisions).
@@ -42,7 +43,7 @@ _REQUEST_ID = re.compile(rf"{_PCHAR}*", re.ASCII)
 _STATEMENT = re.compile(rf"[{_UNRESERVED}{_SUB_DELIMS}:/?#\[\]@ ]*", re.ASCII)
 _ADDRESS = re.compile(r"0x[0-9A-Fa-f]{40}", re.ASCII)
 _NONCE = re.compile(r"[A-Za-z0-9]{8,}", re.ASCII)
-_CHAIN_ID = re.compile(r"[0-9]+", re.ASCII)
+_CHAIN_ID = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 # RFC 3339 date-time; "T" and "Z" are case-insensitive ABNF literals.
 _DATE_TIME = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
@@ -136,8 +137,10 @@ def parse(text: str) -> SiweMessage:
     if cursor.field("Version: ") != "1":
         raise SiweError(f"line {cursor.number}: Version must be 1")
     chain = cursor.field("Chain ID: ")
-    if not _CHAIN_ID.fullmatch(chain) or len(chain.lstrip("0")) > 78 or int(chain) > _UINT256_MAX:
-        raise SiweError(f"line {cursor.number}: Chain ID must be a number (EIP-155, at most uint256)")
+    # Why no leading zeros (the ABNF allows them): the text must read back exactly as it was signed.
+    # Why the length first: int() of a huge digit string is slow (and refused past 4300 digits).
+    if not _CHAIN_ID.fullmatch(chain) or len(chain) > 78 or int(chain) > _UINT256_MAX:
+        raise SiweError(f"line {cursor.number}: Chain ID must be a decimal number (EIP-155, at most uint256)")
     nonce = cursor.field("Nonce: ")
     if not _NONCE.fullmatch(nonce):
         raise SiweError(f"line {cursor.number}: Nonce must be at least 8 letters or digits")
@@ -193,7 +196,7 @@ class _Lines:
     def field(self, label: str) -> str:
         line = self.take(f'"{label.strip()}"')
         if not line.startswith(label):
-            raise SiweError(f'line {self.number}: expected "{label.strip()}", got {_show(line)}')
+            raise SiweError(f'line {self.number}: expected "{label}", got {_show(line)}')
         return line[len(label):]
 
 

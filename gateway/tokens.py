@@ -13,6 +13,9 @@ header (`jku`, `x5u`, `jwk`) ever selects where keys come from.
 
 Verified tokens are cached by the SHA-256 of the token, per service, and never past `exp` plus
 the leeway. All time checks use the injected clock so that the cache and the checks agree.
+Revocations (`gateway.revocation`) are checked on every call, after the cache: a cached
+verification never outlives a revocation. The own issuer verifies with its signing key and
+every previous key still configured (key rotation), chosen by `kid`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from gateway.own_issuer import (
     load_public_key_file, parse_jwks,
 )
 from gateway.problems import Problem, bearer_challenge
+from gateway.revocation import RevocationList
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ class Subscriber:
     issuer: str
     expires_at: float     # exp
     token_id: str | None  # jti
+    issued_at: float | None = None  # iat, when the token has one
 
 
 class _RemoteJwks:
@@ -126,9 +131,11 @@ class TokenVerifier:
     """Verifies bearer tokens for every service against the configured issuers."""
 
     def __init__(
-        self, config: TokensConfig, http: aiohttp.ClientSession | None = None, clock: Callable[[], float] = time.time
+        self, config: TokensConfig, http: aiohttp.ClientSession | None = None, clock: Callable[[], float] = time.time,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._clock = clock
+        self._revocations = revocations
         self._leeway = float(config.leeway)
         self._http = http
         self._owns_http = False
@@ -137,8 +144,10 @@ class TokenVerifier:
             own = OwnIssuer(config.own, clock=clock)
             if own.issuer in self._issuers:  # Why: two key sources for one name would be ambiguous.
                 raise ValueError(f"issuer {own.issuer} is both tokens.own and in tokens.issuers")
+            keys = own.verification_keys()
+            # Why kid matching once there are several keys: each token names the key that signed it.
             self._issuers[own.issuer] = _Issuer(
-                own.issuer, frozenset({own.algorithm}), keys=[own.verification_key()], ignore_kid=True
+                own.issuer, frozenset(k.alg for k in keys if k.alg), keys=keys, ignore_kid=len(keys) == 1
             )
         self._cache: LRUCache[tuple[str, str, str], Subscriber] | None = (
             LRUCache(maxsize=config.cache_size) if config.cache_size > 0 else None
@@ -180,12 +189,19 @@ class TokenVerifier:
         if cached is not None:
             # Why: a cached answer is exactly as valid as re-verifying would be, never longer.
             if self._clock() < cached.expires_at + self._leeway:
-                return cached
+                return await self._not_revoked(cached, service)
             self._cache.pop(key, None)  # type: ignore[union-attr]
         subscriber = await self._verify(token, service, public_url)
         if self._cache is not None:
             self._cache[key] = subscriber
-        return subscriber
+        return await self._not_revoked(subscriber, service)
+
+    async def _not_revoked(self, who: Subscriber, service: ServiceConfig) -> Subscriber:
+        revocations = self._revocations
+        if revocations is not None and await revocations.is_revoked(who.address, who.token_id, who.issued_at):
+            # Why 401 with its own code: the token is genuine but withdrawn; the client must get a new one.
+            raise _invalid(service, "token revoked", code="token_revoked")
+        return who
 
     async def _verify(self, token: str, service: ServiceConfig, public_url: str) -> Subscriber:
         if token.count(".") == 4:  # Why: JWE (Nevermined's format) proves no issuer signature to us.
@@ -241,8 +257,9 @@ class TokenVerifier:
         if not any(a.rstrip("/") in accepted for a in audiences):
             # Why 403, not 401: the token is genuine, it is just for another service.
             raise Problem(403, "wrong_audience", f"token is not for service {service.id}")
-        jti = claims.get("jti")
-        return Subscriber(to_checksum_address(sub), issuer.name, expires_at, jti if isinstance(jti, str) else None)
+        jti, iat = claims.get("jti"), claims.get("iat")
+        return Subscriber(to_checksum_address(sub), issuer.name, expires_at, jti if isinstance(jti, str) else None,
+                          float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None)
 
     async def _public_key(self, issuer: _Issuer, kid: Any, alg: str, service: ServiceConfig) -> Any:
         keys = issuer.keys if issuer.remote is None else await issuer.remote.current()
@@ -290,6 +307,6 @@ def _bearer_token(authorization: str | None, service: ServiceConfig) -> str:
     return token
 
 
-def _invalid(service: ServiceConfig, description: str) -> Problem:
+def _invalid(service: ServiceConfig, description: str, code: str = "invalid_token") -> Problem:
     challenge = bearer_challenge(service.id, error="invalid_token", description=description)
-    return Problem(401, "invalid_token", description, headers={"WWW-Authenticate": challenge})
+    return Problem(401, code, description, headers={"WWW-Authenticate": challenge})

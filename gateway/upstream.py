@@ -68,20 +68,24 @@ class Upstream:
         self.metrics = metrics or Metrics()
 
     async def send(
-        self, request: web.Request, service: ServiceConfig, url: URL, headers: CIMultiDict[str]
+        self, request: web.Request, service: ServiceConfig, url: URL, headers: CIMultiDict[str],
+        buffered: bytes | None = None,
     ) -> aiohttp.ClientResponse:
-        """Send the request; return the upstream's response with only its head read."""
+        """Send the request; return the upstream's response with only its head read.
+
+        `buffered`: the body, already read (within max_body) by a caller that had to look at it
+        to price the call (an MCP request); sent as is instead of streaming the client's body."""
         if request.content_length is not None and request.content_length > service.max_body:
             # Why: refuse before forwarding anything when the client announces an oversized body.
             raise Problem(413, "body_too_large", f"request body exceeds {service.max_body} bytes")
-        body = _LimitedBody(request, service.max_body) if request.body_exists else None
+        body = _LimitedBody(request, service.max_body) if request.body_exists and buffered is None else None
         started = time.perf_counter()
         try:
             response = await self.session.request(
                 request.method,
                 url,
                 headers=headers,
-                data=body.chunks() if body else None,
+                data=body.chunks() if body else buffered,
                 allow_redirects=False,  # redirects are the client's to follow
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=service.timeout, sock_read=service.timeout),
             )

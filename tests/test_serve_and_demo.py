@@ -85,5 +85,7 @@ def test_demo_once_walks_through_the_four_outcomes():
     for expected in ("open endpoint, no token", "-> 200", "-> 401", "-> 402", "payment_required",
                      "the plugin saw the owner's secret on /query: True; a subscriber token reached it: False",
                      "charged 2, remaining 0", "over budget", "settlement: one burnCredits transaction for 5",
-                     "balance of 0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC: 5 -> 0"):
+                     "balance of 0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC: 5 -> 0",
+                     "the plugin's manifest, rewritten by the gateway", '"type": "user_http"',
+                     "api.url http://elvis.proxy.localhost:", "appears in them: False"):
         assert expected in out, out

@@ -1,5 +1,6 @@
 """gateway.tokens and gateway.own_issuer: what is accepted, what is refused (and how), key sources,
-JWKS fetching against a real loopback HTTP server, and the verified-token cache."""
+JWKS fetching against a real loopback HTTP server, the verified-token cache, key rotation of the
+own issuer, and revocation (gateway.revocation on a real SQLite file)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.config import IssuerConfig, OwnIssuerConfig, ServiceConfig, TokensConfig, UpstreamAuth
+from gateway.database import SqliteDatabase
 from gateway.own_issuer import (
     OwnIssuer,
     check_signing_key,
@@ -32,6 +34,7 @@ from gateway.own_issuer import (
     public_key_to_jwk,
 )
 from gateway.problems import Problem, bearer_challenge
+from gateway.revocation import RevocationList, migrate_auth, revoke
 from gateway.tokens import JWKS_REFETCH_INTERVAL, Subscriber, TokenVerifier
 
 ISS = "https://auth.example.com"
@@ -158,7 +161,8 @@ async def refuse(v: TokenVerifier, authorization: str | None, code: str = "inval
 async def test_valid_token_verifies_with_jwks_file_kid(tmp_path, alg):
     v = verifier(jwks_file_issuer(tmp_path, [jwk("ES256", 1, kid="other"), jwk(alg, kid="k1")]))
     subscriber = await accept(v, token(alg, kid="k1"))
-    assert subscriber == Subscriber(address=SUB_CHECKSUMMED, issuer=ISS, expires_at=NOW + 3600, token_id="token-1")
+    assert subscriber == Subscriber(address=SUB_CHECKSUMMED, issuer=ISS, expires_at=NOW + 3600, token_id="token-1",
+                                  issued_at=NOW)
 
 
 @pytest.mark.asyncio
@@ -704,3 +708,113 @@ def test_check_signing_key_explains_what_is_wrong(tmp_path):
     assert "not a PEM private key" in check_signing_key(tmp_path / "pub.pem")
     with pytest.raises(ValueError, match="P-256"):
         OwnIssuer(OwnIssuerConfig(issuer=OWN_ISS, signing_key_file=tmp_path / "k1.pem", ttl=60.0))
+
+
+# --- key rotation -----------------------------------------------------------------------------------
+
+
+def test_own_issuer_signs_with_the_current_key_and_publishes_the_previous_ones(tmp_path):
+    old = write_private_pem(tmp_path / "old.pem", private_key("ES256", 1))
+    new = write_private_pem(tmp_path / "new.pem", private_key("EdDSA", 1))
+    # The signing key repeated among the previous ones is published once.
+    own = OwnIssuer(OwnIssuerConfig(issuer=OWN_ISS, signing_key_file=new, ttl=60.0, previous_key_files=(old, new)))
+    old_kid = jwk_thumbprint(public_key_to_jwk(private_key("ES256", 1).public_key()))
+    assert [(k["kid"], k["alg"]) for k in own.jwks()["keys"]] == [(own.kid, "EdDSA"), (old_kid, "ES256")]
+    assert jwt.get_unverified_header(own.issue(SUB, ["elvis"]))["kid"] == own.kid
+
+
+@pytest.mark.asyncio
+async def test_a_previous_key_verifies_only_while_it_is_listed(tmp_path):
+    old = write_private_pem(tmp_path / "old.pem", private_key("ES256", 2))
+    new = write_private_pem(tmp_path / "new.pem", private_key("ES256", 3))
+    old_token = OwnIssuer(OwnIssuerConfig(issuer=OWN_ISS, signing_key_file=old, ttl=60.0), clock=Clock()).issue(
+        SUB, ["elvis"])
+    listed = verifier(own=OwnIssuerConfig(issuer=OWN_ISS, signing_key_file=new, ttl=60.0, previous_key_files=(old,)))
+    assert (await accept(listed, old_token)).address == SUB_CHECKSUMMED
+    # A token naming no kid is ambiguous once several keys verify: refused, never guessed.
+    kidless = jwt.encode(claims(iss=OWN_ISS), private_key("ES256", 2), algorithm="ES256")
+    await refuse(listed, f"Bearer {kidless}")
+    removed = verifier(own=OwnIssuerConfig(issuer=OWN_ISS, signing_key_file=new, ttl=60.0))
+    await refuse(removed, f"Bearer {old_token}")
+
+
+# --- revocation -------------------------------------------------------------------------------------
+
+
+class FakeRevocations:
+    def __init__(self) -> None:
+        self.jtis: set[str] = set()
+        self.calls = 0
+
+    async def is_revoked(self, subscriber: str, token_id: str | None, issued_at: float | None) -> bool:
+        self.calls += 1
+        return token_id in self.jtis
+
+
+@pytest.mark.asyncio
+async def test_revocation_is_checked_on_every_call_cache_hits_included(tmp_path):
+    revocations = FakeRevocations()
+    config = TokensConfig(issuers=(jwks_file_issuer(tmp_path, [jwk("ES256")]),), own=None, leeway=LEEWAY)
+    v = TokenVerifier(config, clock=Clock(), revocations=revocations)
+    tok = token(jti="t-1")
+    await accept(v, tok)
+    await accept(v, tok)  # from the cache
+    assert revocations.calls == 2
+    revocations.jtis.add("t-1")
+    problem = await refuse(v, f"Bearer {tok}", code="token_revoked")
+    assert 'error="invalid_token"' in problem.headers["WWW-Authenticate"]
+
+
+@pytest_asyncio.fixture
+async def auth_db(tmp_path):
+    db = SqliteDatabase(tmp_path / "auth.db")
+    await migrate_auth(db)
+    reads = []
+    real_run = db.run
+    db.run = lambda fn: reads.append(1) or real_run(fn)  # count the revocation list's reads
+    db.reads = reads
+    yield db
+    await db.close()
+
+
+@pytest.mark.asyncio
+async def test_revocation_list_reads_at_most_once_per_refresh_interval(auth_db):
+    clock = Clock(0.0)
+    revocations = RevocationList(auth_db, refresh=5.0, clock=clock)
+    assert not await revocations.is_revoked(SUB, "j1", NOW)
+    await revoke(auth_db, jti="j1")
+    reads = len(auth_db.reads)
+    clock.now = 4.9
+    assert not await revocations.is_revoked(SUB, "j1", NOW)  # the old view, until the interval is over
+    assert len(auth_db.reads) == reads
+    clock.now = 5.0
+    assert await revocations.is_revoked(SUB, "j1", NOW)
+    clock.now = 10.0
+    await revoke(auth_db, subscriber=SUB, now=NOW)
+    reads = len(auth_db.reads)
+    assert all(await asyncio.gather(*(revocations.is_revoked(SUB_CHECKSUMMED, None, NOW) for _ in range(20))))
+    assert len(auth_db.reads) == reads + 1  # twenty stale checks, one shared read
+
+
+@pytest.mark.asyncio
+async def test_revoking_a_subscriber_revokes_its_tokens_issued_until_then(auth_db):
+    revocations = RevocationList(auth_db, refresh=0.0)
+    await revoke(auth_db, subscriber=SUB.upper().replace("0X", "0x"), now=NOW)
+    assert await revocations.is_revoked(SUB_CHECKSUMMED, "a", NOW - 1)
+    assert await revocations.is_revoked(SUB, "b", NOW)  # same second: counted as before
+    assert await revocations.is_revoked(SUB, "c", None)  # no iat: cannot be shown to be newer
+    assert not await revocations.is_revoked(SUB, "d", NOW + 1)  # signed in again afterwards
+    assert not await revocations.is_revoked("0x" + "1" * 40, "e", NOW - 1)
+    with pytest.raises(ValueError):
+        await revoke(auth_db, jti="x", subscriber=SUB)
+
+
+@pytest.mark.asyncio
+async def test_revocation_list_fails_closed_when_it_cannot_read(tmp_path):
+    db = SqliteDatabase(tmp_path / "empty.db")  # no auth tables
+    try:
+        with pytest.raises(Problem) as raised:
+            await RevocationList(db, refresh=1.0).is_revoked(SUB, "j", NOW)
+        assert (raised.value.status, raised.value.code) == (503, "revocations_unavailable")
+    finally:
+        await db.close()

@@ -113,6 +113,15 @@ class SqliteLedger:
 
         return await self.db.transaction(reserve)
 
+    async def available(self, account: Account, balance: int, balance_read_at: float) -> int:
+        """What a reservation could take now (0 while an unpaid shortfall blocks the account)."""
+        def available(conn: sqlite3.Connection) -> int:
+            if self._open_shortfall(conn, account):
+                return 0
+            return max(self._available(conn, account, balance, balance_read_at, self.clock()), 0)
+
+        return await self.db.run(available)
+
     async def release(self, reservation_id: str) -> None:
         await self.db.transaction(lambda conn: conn.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)))
 
