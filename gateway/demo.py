@@ -156,7 +156,8 @@ def _show_rewritten_manifest(base: str, port: int, plugin_port: int) -> bool:
     leaked = any(f"127.0.0.1:{plugin_port}" in text for text in texts)
     good = (manifest["api"]["url"] == f"http://{host}/.well-known/openapi.yaml" and servers == [f"http://{host}"]
             and manifest["auth"] == {"type": "user_http", "authorization_type": "bearer"} and not leaked)
-    print(f"[{'ok ' if good else 'FAIL'}] the plugin's manifest, rewritten by the gateway (the plugin was not touched)\n"
+    print(f"[{'ok ' if good else 'FAIL'}] the plugin's manifest, rewritten by the gateway "
+          f"(the plugin was not touched)\n"
           f"       api.url {manifest['api']['url']}, logo_url {manifest['logo_url']}\n"
           f"       auth {json.dumps(manifest['auth'])}; OpenAPI servers {', '.join(servers)}\n"
           f"       the plugin's own address (127.0.0.1:{plugin_port}) appears in them: {leaked}\n")

@@ -10,8 +10,8 @@ under `/.well-known/` passes through untouched.
 
 "The upstream's origin" is the origin of `upstream` in the config plus the origin the manifest's
 `api.url` declares (a plugin that writes its own public URL, e.g. https://songs.example.com).
-Upstream answers are cached for `ttl` seconds (failures for less); concurrent misses share one
-fetch. Upstream failures are problems: 502 `upstream_unavailable` / `bad_upstream_document`,
+Upstream answers are cached for `ttl` seconds (a 404 too: a service that is not a plugin is asked
+once per `ttl`; other failures for less); concurrent misses share one fetch. Upstream failures are problems: 502 `upstream_unavailable` / `bad_upstream_document`,
 504 `upstream_timeout`, and 404 when the upstream has no such document.
 """
 
@@ -105,7 +105,9 @@ class PluginDocuments:
         if done.cancelled() or done.exception() is not None:
             return
         fetched = done.result()
-        self._cache[key] = (self.clock() + (self.error_ttl if fetched.problem else self.ttl), fetched)
+        # A missing document (404) is as stable an answer as a document; other failures may pass soon.
+        failed = fetched.problem is not None and fetched.problem.status != 404
+        self._cache[key] = (self.clock() + (self.error_ttl if failed else self.ttl), fetched)
 
     async def _get(self, service: ServiceConfig, path: str) -> _Fetched:
         """GET the document from the upstream with the owner's credential (and nothing of the client's)."""
@@ -125,7 +127,8 @@ class PluginDocuments:
                     return _Fetched(problem=_bad(f"the upstream's {path} is larger than {MAX_DOCUMENT} bytes"))
                 return _Fetched(body.decode("utf-8", errors="replace"), resp.headers.get("Content-Type", ""))
         except asyncio.TimeoutError:
-            return _Fetched(problem=Problem(504, "upstream_timeout", f"upstream did not answer within {service.timeout:g}s"))
+            problem = Problem(504, "upstream_timeout", f"upstream did not answer within {service.timeout:g}s")
+            return _Fetched(problem=problem)
         except aiohttp.ClientError as exc:
             return _Fetched(problem=Problem(502, "upstream_unavailable", f"upstream unreachable: {type(exc).__name__}"))
 

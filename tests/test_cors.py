@@ -26,7 +26,8 @@ def with_cors(chain, plugin, signing_key, **cors):
 
 
 async def plugin_saw(gw, plugin, method: str) -> list[dict]:
-    async with gw.session.get(f"{plugin.url}/debug/requests", headers={"Authorization": f"Bearer {plugin.secret}"}) as r:
+    auth = {"Authorization": f"Bearer {plugin.secret}"}
+    async with gw.session.get(f"{plugin.url}/debug/requests", headers=auth) as r:
         return [entry for entry in await r.json() if entry["method"] == method]
 
 
@@ -170,7 +171,8 @@ async def test_a_web_app_on_another_origin_calls_the_gateway_from_chromium(make_
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     app_port = runner.addresses[0][1]
     try:
-        gw = await make_gateway(base_config(chain, plugin, signing_key, cors={"origins": [f"http://app.localhost:{app_port}"]}))
+        cors = {"origins": [f"http://app.localhost:{app_port}"]}
+        gw = await make_gateway(base_config(chain, plugin, signing_key, cors=cors))
         port = gw.url.rsplit(":", 1)[1]
         url = f"http://{HOST}:{port}/query"
         async with async_playwright() as pw:

@@ -167,7 +167,8 @@ async def test_without_a_token_401_names_the_resource_metadata(make_gateway, cha
     assert headers["www-authenticate"] == f'Bearer realm="elvis", resource_metadata="{metadata_url}"'
     async with gw.request("GET", "/.well-known/oauth-protected-resource/mcp") as resp:
         assert resp.status == 200
-        assert await resp.json() == {"resource": f"http://{HOST}/mcp", "authorization_servers": ["https://gateway.test"],
+        assert await resp.json() == {"resource": f"http://{HOST}/mcp",
+                                     "authorization_servers": ["https://gateway.test"],
                                      "bearer_methods_supported": ["header"], "resource_name": "elvis"}
     async with gw.request("GET", "/.well-known/oauth-protected-resource") as resp:
         assert (await resp.json())["resource"] == f"http://{HOST}"
@@ -256,7 +257,8 @@ async def test_an_mcp_body_over_max_body_is_413(make_gateway, chain, signing_key
 
 # --- pricing and configuration (no network) -------------------------------------------------------
 
-MCP = McpConfig(path="/mcp", rule=None, tools={"search": 2, "summarize": 5}, default_tool_credits=1)  # type: ignore[arg-type]
+MCP = McpConfig(path="/mcp", rule=None,  # type: ignore[arg-type]
+                tools={"search": 2, "summarize": 5}, default_tool_credits=1)
 
 
 @pytest.mark.parametrize("messages, credits, tools", [

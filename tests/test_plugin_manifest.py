@@ -21,7 +21,8 @@ USER_HTTP = {"type": "user_http", "authorization_type": "bearer"}
 
 
 async def upstream_requests(gw, plugin, path: str) -> list[dict]:
-    async with gw.session.get(f"{plugin.url}/debug/requests", headers={"Authorization": f"Bearer {plugin.secret}"}) as r:
+    auth = {"Authorization": f"Bearer {plugin.secret}"}
+    async with gw.session.get(f"{plugin.url}/debug/requests", headers=auth) as r:
         return [entry for entry in await r.json() if entry["path"] == path]
 
 
@@ -58,7 +59,8 @@ async def test_openapi_document_names_only_the_proxy_url_and_is_valid(gateway, p
 
 @pytest.mark.asyncio
 async def test_urls_follow_the_host_and_scheme_the_client_used(make_gateway, chain, plugin, signing_key):
-    data = base_config(chain, plugin, signing_key, did="did:nv:" + "27ca72cfc79dccf35e4e54a54f0ed3e3b04873ce682fd5bf351fe9aa377d68c4")
+    data = base_config(chain, plugin, signing_key,
+                       did="did:nv:27ca72cfc79dccf35e4e54a54f0ed3e3b04873ce682fd5bf351fe9aa377d68c4")
     gw = await make_gateway(data)
     https = {"X-Forwarded-Proto": "https"}
     async with gw.request("GET", "/.well-known/ai-plugin.json", host=f"{DID_HOST}:8443", headers=https) as resp:

@@ -67,7 +67,8 @@ def create_app(token: str):
         if scope["path"] == "/debug/calls":
             return await _json(send, 200, {"runs": dict(runs), "seen": seen})
         if scope["method"] == "POST":
-            seen.append({"subscriber": headers.get("x-gateway-subscriber"), "service": headers.get("x-gateway-service")})
+            seen.append({"subscriber": headers.get("x-gateway-subscriber"),
+                         "service": headers.get("x-gateway-service")})
         return await mcp_app(scope, receive, send)
 
     return app
