@@ -25,7 +25,7 @@ from aiohttp import web
 
 from gateway.config import GatewayConfig, McpConfig, Price, ServiceConfig
 from gateway.problems import TITLES, Problem, problem_body, render
-from gateway.routing import Decision, _lax_form
+from gateway.routing import Decision, lax_form
 
 TOOLS_CALL = "tools/call"
 METADATA_PATH = "/.well-known/oauth-protected-resource"
@@ -36,7 +36,7 @@ def classify(service: ServiceConfig, path: str) -> Decision | None:
     ends a session); checked before the endpoint rules, so a broad open rule cannot expose it."""
     mcp = service.mcp
     # Why the lax form too: "//mcp" or "/mcp/" may reach the same handler on a lenient upstream.
-    if mcp is not None and (path == mcp.path or _lax_form(path) == mcp.path):
+    if mcp is not None and (path == mcp.path or lax_form(path) == mcp.path):
         return Decision("protected", mcp.rule)
     return None
 

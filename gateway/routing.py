@@ -205,7 +205,7 @@ def classify(service: ServiceConfig, method: str, path: str) -> Decision:
     open"; nothing matched: not_exposed. A rule that allows GET also allows HEAD (RFC 9110:
     HEAD is GET without the body; it costs the same when protected).
     """
-    lax = _lax_form(path)
+    lax = lax_form(path)
     for rule in service.protected_endpoints:
         # Why: protected wins over open. A protected rule is also tried on the path as lenient
         # upstreams read it ('//' merged, trailing '/' and ';params' dropped), so "//query",
@@ -227,7 +227,7 @@ def _allows(rule: EndpointRule, method: str, path: str) -> bool:
     return rule.matches(method, path) or (method == "HEAD" and rule.matches("GET", path))
 
 
-def _lax_form(path: str) -> str:
+def lax_form(path: str) -> str:
     """The path as a lenient upstream may route it: ';params' dropped, '//' merged, no trailing '/'."""
     segments = (segment.split(";", 1)[0] for segment in path.split("/"))
     return "/" + "/".join(segment for segment in segments if segment)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import BROKE, HOST, OWNER, SUBSCRIBER, START_CREDITS, base_config
+from conftest import BROKE, OWNER, SUBSCRIBER, START_CREDITS, base_config
 from gateway.devchain import free_port
 from tests.support.upstreams import HeldUpstream
 

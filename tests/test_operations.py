@@ -3,7 +3,6 @@ load without a failed call, and SIGTERM during a stream (it completes, is charge
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import DEV_ACCOUNTS, SUBSCRIBER, START_CREDITS, base_config
 from gateway.admin import build_admin_app
-from gateway.devprocess import REPO, ChildProcess
+from gateway.devprocess import REPO
 from test_crash_safety import Served
 from tests.support.rpc_proxy import RpcProxy
 
