@@ -20,10 +20,7 @@ every previous key still configured (key rotation), chosen by `kid`.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
-import logging
 import math
 import re
 import time
@@ -38,17 +35,13 @@ from eth_utils import to_checksum_address
 from gateway.config import IssuerConfig, ServiceConfig, TokensConfig
 from gateway.own_issuer import (
     ADDRESS, ASYMMETRIC_ALGORITHMS, OwnIssuer, VerificationKey, candidate_keys, load_jwks_file,
-    load_public_key_file, parse_jwks,
+    load_public_key_file,
 )
+from gateway.jwks import RemoteJwks
 from gateway.problems import Problem, bearer_challenge
 from gateway.revocation import RevocationList
 
-log = logging.getLogger(__name__)
 
-JWKS_TIMEOUT = 5.0           # seconds for one JWKS fetch, connect to last byte
-JWKS_REFETCH_INTERVAL = 30.0  # at most one unknown-kid refetch per issuer in this many seconds
-JWKS_MAX_AGE = 300.0          # a fetched JWKS is refreshed when next needed after this long
-JWKS_MAX_BYTES = 1 << 20
 REQUIRED_CLAIMS = ["exp", "iss", "sub", "aud"]
 B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750 §2.1
 
@@ -62,68 +55,13 @@ class Subscriber:
     issued_at: float | None = None  # iat, when the token has one
 
 
-class _RemoteJwks:
-    """One issuer's JWKS URL: fetched when first needed, cached, refetched sparingly."""
-
-    def __init__(self, url: str, session: Callable[[], aiohttp.ClientSession], clock: Callable[[], float]) -> None:
-        self.url, self._session, self._clock = url, session, clock
-        self.keys: list[VerificationKey] | None = None
-        self._fetched_at = self._kid_refetch_at = self._retry_after = -math.inf
-        self._inflight: asyncio.Task[None] | None = None
-
-    async def current(self) -> list[VerificationKey]:
-        now = self._clock()
-        # Why: after a failed fetch wait before trying again, so a dead JWKS URL is not hammered
-        # by every request; stale keys keep working meanwhile.
-        if (self.keys is None or now - self._fetched_at >= JWKS_MAX_AGE) and now >= self._retry_after:
-            await self._refresh()
-        return self.keys or []
-
-    async def refetch_for_unknown_kid(self) -> bool:
-        """Refetch because a token names a key we do not have; False when rate-limited."""
-        if self._inflight is None:
-            now = self._clock()
-            # Why: tokens with random `kid`s must not turn the gateway into a JWKS flooder.
-            if now - self._kid_refetch_at < JWKS_REFETCH_INTERVAL or now < self._retry_after:
-                return False
-            self._kid_refetch_at = now
-        await self._refresh()  # Why: a refetch already in flight answers this token too.
-        return True
-
-    async def _refresh(self) -> None:
-        if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._fetch())
-        # Why shield: one caller giving up (client hang-up) must not cancel the others' fetch.
-        await asyncio.shield(self._inflight)
-
-    async def _fetch(self) -> None:
-        try:
-            timeout = aiohttp.ClientTimeout(total=JWKS_TIMEOUT)
-            # Why no redirects: the key source is exactly the configured URL (TLS verified by default).
-            async with self._session().get(self.url, timeout=timeout, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise ValueError(f"HTTP {resp.status}")
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(65536):
-                    body += chunk
-                    if len(body) > JWKS_MAX_BYTES:
-                        raise ValueError("JWKS larger than 1 MiB")
-            self.keys = parse_jwks(json.loads(body))
-            self._fetched_at = self._clock()
-        except Exception as exc:  # Why: whatever the key server does, callers get a 401, never a 500.
-            self._retry_after = self._clock() + JWKS_REFETCH_INTERVAL
-            log.warning("JWKS fetch failed for %s: %s", self.url, exc or type(exc).__name__)
-        finally:
-            self._inflight = None
-
-
 @dataclass
 class _Issuer:
     name: str
     algorithms: frozenset[str]
     secret: bytes | None = None
     keys: list[VerificationKey] | None = None  # static: public_key_file, jwks_file, own key
-    remote: _RemoteJwks | None = None
+    remote: RemoteJwks | None = None
     ignore_kid: bool = False                    # single-key sources: the key is the key
 
 
@@ -169,7 +107,7 @@ class TokenVerifier:
             return _Issuer(ic.issuer, algorithms, keys=[load_public_key_file(ic.public_key_file)], ignore_kid=True)
         if ic.jwks_file is not None:
             return _Issuer(ic.issuer, algorithms, keys=load_jwks_file(ic.jwks_file))
-        return _Issuer(ic.issuer, algorithms, remote=_RemoteJwks(str(ic.jwks_url), self._session, self._clock))
+        return _Issuer(ic.issuer, algorithms, remote=RemoteJwks(str(ic.jwks_url), self._session, self._clock))
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:

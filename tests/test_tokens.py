@@ -35,7 +35,8 @@ from gateway.own_issuer import (
 )
 from gateway.problems import Problem, bearer_challenge
 from gateway.revocation import RevocationList, migrate_auth, revoke
-from gateway.tokens import JWKS_REFETCH_INTERVAL, Subscriber, TokenVerifier
+from gateway.jwks import JWKS_REFETCH_INTERVAL
+from gateway.tokens import Subscriber, TokenVerifier
 
 ISS = "https://auth.example.com"
 OWN_ISS = "https://gateway.example.com"
