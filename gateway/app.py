@@ -84,13 +84,15 @@ def assemble(config: GatewayConfig, state: dict) -> dict:
     if own is not None:  # sign-in issues the own issuer's tokens: no own issuer, no sign-in
         signin = SignIn(config, own, NonceBook(state["db"], state["nonce_secret"], config.tokens.nonce_ttl),
                         plans, readers)
+    tokens = TokenVerifier(config.tokens, http=state["rpc_session"], revocations=revocations)
+    meter = Meter(state["ledger"], plans, chain_ids, metrics)
     pipeline = Pipeline(
         config,
         ServiceRouter(config.services.values(), config.base_domain),
-        TokenVerifier(config.tokens, http=state["rpc_session"], revocations=revocations),
-        Meter(state["ledger"], plans, chain_ids, metrics),
+        tokens,
+        meter,
         Upstream(state["session"], metrics),
-        GatewayEndpoints(config, own, signin),
+        GatewayEndpoints(config, own, signin, tokens, meter),
         metrics,
     )
     settler = None

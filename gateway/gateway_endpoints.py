@@ -1,7 +1,7 @@
 """The gateway's own endpoints under `/.gateway/` on every service host (SPEC §6).
 
 They are answered by the gateway and never forwarded upstream:
-- `GET /.gateway/plan`: the service's plan as JSON;
+- `GET /.gateway/plan`: the service's plan as JSON (with a token: also the subscriber's balance);
 - `GET /.gateway/jwks.json`: the own issuer's public keys (signing key and previous keys);
 - `GET /.gateway/nonce`: a sign-in nonce, `{"nonce", "expires_in"}`;
 - `GET /.gateway/login`: the sign-in page (`login_page.html`, no external resources, strict CSP);
@@ -22,11 +22,13 @@ from aiohttp import web
 
 from gateway.config import GatewayConfig, ServiceConfig
 from gateway.mcp import offer as mcp_offer
+from gateway.metering import Meter
 from gateway.own_issuer import OwnIssuer
 from gateway.payment import plan_document, price_of
 from gateway.problems import Problem
 from gateway.public_url import public_base
 from gateway.signin import Origin, SignIn
+from gateway.tokens import TokenVerifier
 
 LOGIN_BODY_LIMIT = 64 * 1024  # a SIWE message and a signature are a few hundred bytes
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -50,10 +52,12 @@ def _login_page() -> tuple[bytes, str]:
 
 
 class GatewayEndpoints:
-    def __init__(self, config: GatewayConfig, own_issuer: OwnIssuer | None, signin: SignIn | None = None) -> None:
+    def __init__(self, config: GatewayConfig, own_issuer: OwnIssuer | None, signin: SignIn | None = None,
+                 tokens: TokenVerifier | None = None, meter: Meter | None = None) -> None:
         self.config = config
         self.own_issuer = own_issuer
         self.signin = signin
+        self.tokens, self.meter = tokens, meter  # for /.gateway/plan with a token
         self._page, self._csp = _login_page()
         self._routes: dict[str, dict[str, Handler]] = {
             "/.gateway/plan": {"GET": self._plan},
@@ -77,7 +81,16 @@ class GatewayEndpoints:
         return await handler(request, service)
 
     async def _plan(self, request: web.Request, service: ServiceConfig) -> web.StreamResponse:
-        return web.json_response(self.plan(service))
+        authorization = request.headers.get("Authorization")
+        if not (authorization and service.plan and self.tokens and self.meter):
+            return web.json_response(self.plan(service))
+        # With a token: the plan plus what this subscriber can spend right now (an invalid token
+        # is refused like anywhere else: the balance is the subscriber's business only).
+        who = await self.tokens.verify(authorization, service, self.config.public_url(service))
+        document = self.plan(service)
+        document["subscriber"] = who.address
+        document["plan"]["balance"] = await self.meter.available(service, who.address)
+        return web.json_response(document, headers={"Cache-Control": "no-store"})
 
     async def _jwks(self, request: web.Request, service: ServiceConfig) -> web.StreamResponse:
         assert self.own_issuer is not None

@@ -111,8 +111,6 @@ class Pipeline:
         if path.startswith("/.gateway/"):
             # The gateway's own endpoints: answered here, never forwarded.
             out.decision = "gateway"
-            if path == "/.gateway/plan" and request.headers.get("Authorization") and service.plan is not None:
-                return await self._plan_for_subscriber(request, service)
             return await self.endpoints.handle(request, service, path)
         decision = self._classify(service, request.method, path)
         out.rule, out.decision = decision.rule_name, decision.kind
@@ -189,16 +187,6 @@ class Pipeline:
         base = public_base(self.config, request)
         return (mcp.resource_metadata(self.config, service, path, base)
                 or await self.plugin_documents.answer(request, service, path, base))
-
-    async def _plan_for_subscriber(self, request: web.Request, service: ServiceConfig) -> web.Response:
-        """/.gateway/plan with a token: the plan, plus what this subscriber can spend right now."""
-        if request.method not in ("GET", "HEAD"):
-            return await self.endpoints.handle(request, service, "/.gateway/plan")  # its 405
-        subscriber = await self._authenticate(request, service, None)
-        document = self.endpoints.plan(service)
-        document["subscriber"] = subscriber
-        document["plan"]["balance"] = await self.meter.available(service, subscriber)
-        return web.json_response(document, headers={"Cache-Control": "no-store"})
 
     async def _charge(self, hold: Hold | None, status: int, headers, out: Outcome) -> dict[str, str]:
         credit_headers = await self.meter.complete(hold, status, headers)
