@@ -10,7 +10,7 @@ per request. Each step lives in its own module; this file only orders them.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
@@ -93,7 +93,7 @@ class Pipeline:
     def _record(self, out: Outcome) -> None:
         self.metrics.requests.labels(out.service or "", out.decision, str(out.status)).inc()
         self.metrics.duration.labels(out.decision).observe(out.duration_ms / 1000)
-        log.info("request", **asdict(out))
+        log.info("request", **vars(out))
 
     async def _decide_and_forward(
         self, request: web.Request, raw_path: str, query: str, out: Outcome
