@@ -52,7 +52,7 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
         state["ledger"] = SqliteLedger(state["db"])
         await state["ledger"].open()
         state["nonce_secret"] = await open_auth(state["db"])  # sign-in and revocation tables
-        state["session"] = create_session()
+        state["session"] = create_session(config.upstream_connections)
         state["rpc_session"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         _install(app, assemble(config, state))
 

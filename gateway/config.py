@@ -191,6 +191,7 @@ class GatewayConfig:
     max_body: int = DEFAULT_MAX_BODY
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()  # their X-Forwarded-Proto is believed
     shutdown_grace: float = 30.0          # on SIGTERM, calls in flight (streams too) get this long
+    upstream_connections: int = 10_000    # per worker: open upstream connections (streams hold one each)
     pid_file: Path | None = None          # written by `serve`, read by `gateway reload`
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

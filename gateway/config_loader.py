@@ -63,6 +63,7 @@ def parse_config(
         max_body=root.get("max_body", v.size, DEFAULT_MAX_BODY),
         plan_cache=_plan_cache(root.child("plan_cache")),
         shutdown_grace=root.get("shutdown_grace", v.duration, 30.0),
+        upstream_connections=root.get("upstream_connections", v.integer(1), 10_000),
         trusted_proxies=tuple(root.get("trusted_proxies", v.list_of(_network), ()) or ()),
         pid_file=root.get("pid_file", lambda raw: v.relative_path(raw, base_dir), None),
         **_log(root.child("log")),

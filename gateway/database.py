@@ -41,7 +41,8 @@ class SqliteDatabase:
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{self.path.name}")
         self._conn: sqlite3.Connection | None = None
-        self._pending: collections.deque = collections.deque()  # (fn, future, loop) waiting for a group commit
+        self._pending: collections.deque = collections.deque()  # (fn, future, loop, durable) to group-commit
+        self._sync = "FULL"
         self._pending_lock = threading.Lock()
         self.commits = 0       # group commits done (for tests and metrics)
         self.transactions = 0  # transactions they carried
@@ -63,12 +64,15 @@ class SqliteDatabase:
         """Run `fn(conn)` on the database thread (reads, or writes that manage their own transaction)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(self._open()))
 
-    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` atomically (its own SAVEPOINT inside a group commit); return once committed."""
+    async def transaction(self, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+        """Run `fn(conn)` atomically (its own SAVEPOINT inside a group commit); return once committed.
+
+        `durable=False`: the commit need not reach the disk (fsync) before returning, for state that
+        is void after a crash anyway (credit holds). Other processes see it at once all the same."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._pending_lock:
-            self._pending.append((fn, future, loop))
+            self._pending.append((fn, future, loop, durable))
         loop.run_in_executor(self._executor, self._group_commit)
         return await future
 
@@ -82,8 +86,13 @@ class SqliteDatabase:
         outcomes: list[tuple[bool, object]] = []
         try:
             conn = self._open()
+            # FULL: the WAL is fsynced at COMMIT (and with it every earlier NORMAL commit).
+            sync = "FULL" if any(durable for *_, durable in batch) else "NORMAL"
+            if sync != self._sync:
+                conn.execute(f"PRAGMA synchronous={sync}")
+                self._sync = sync
             conn.execute("BEGIN IMMEDIATE")
-            for fn, _, _ in batch:
+            for fn, *_ in batch:
                 conn.execute("SAVEPOINT one")
                 try:
                     outcomes.append((True, fn(conn)))
@@ -99,7 +108,7 @@ class SqliteDatabase:
             if self._conn is not None and self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             outcomes = [(False, exc)] * len(batch)
-        for (_, future, loop), (ok, value) in zip(batch, outcomes):
+        for (_, future, loop, _), (ok, value) in zip(batch, outcomes):
             loop.call_soon_threadsafe(_settle, future, ok, value)
 
     async def migrate(self, component: str, migrations: Sequence[Migration]) -> int:

@@ -40,6 +40,7 @@ class Meter:
                  metrics: Metrics | None = None) -> None:
         self.ledger, self.plans, self.chain_ids = ledger, plans, chain_ids
         self.metrics = metrics or Metrics()
+        self._orphans: set[asyncio.Task] = set()  # releases of holds whose client left (kept referenced)
 
     async def reserve(self, service: ServiceConfig, rule: EndpointRule | None, subscriber: str,
                       request_id: str, price: Price | None = None) -> Hold | None:
@@ -59,7 +60,7 @@ class Meter:
         balance = await self.plans.read(plan, subscriber)
         account = Account(chain_id, plan.contract, int(plan.token_id or 0), subscriber)
         try:
-            reservation = await _shielded(self.ledger.reserve(
+            reservation = await self._hold(self.ledger.reserve(
                 account, service.id, price.reserve, balance.amount, balance.read_at, request_id,
                 ttl=service.timeout + RESERVATION_GRACE))
         except InsufficientCredits as short:
@@ -95,6 +96,21 @@ class Meter:
             return balance.amount  # passes held: no credits to net
         account = Account(self.chain_ids[plan.chain], plan.contract, int(plan.token_id or 0), subscriber)
         return await self.ledger.available(account, balance.amount, balance.read_at)
+
+    async def _hold(self, reserving) -> Reservation:
+        """Await a reservation; if the client leaves meanwhile, release it as soon as it exists
+        (instead of letting it block credits until it expires)."""
+        task = asyncio.ensure_future(reserving)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._release_orphan)
+            raise
+
+    def _release_orphan(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._orphans.add(orphan := asyncio.ensure_future(self.ledger.release(task.result().id)))
+            orphan.add_done_callback(self._orphans.discard)
 
     async def release(self, hold: Hold | None) -> None:
         if hold is not None:

@@ -26,7 +26,7 @@ from gateway.problems import Problem
 CHUNK = 64 * 1024
 
 
-def create_session(total_connections: int = 1000) -> aiohttp.ClientSession:
+def create_session(total_connections: int = 10_000) -> aiohttp.ClientSession:
     """The one client session every upstream call shares (connection pooling, keep-alive)."""
     connector = aiohttp.TCPConnector(limit=total_connections, limit_per_host=0, ttl_dns_cache=300)
     return aiohttp.ClientSession(

@@ -49,6 +49,21 @@ MIGRATIONS = [
         created_at REAL NOT NULL, resolved_at REAL, note TEXT
     )
     """,
+    # v2: O(1) availability. Unsettled charges are summed per account as they happen (the request
+    # path no longer scans an account's charges), and the lookups it makes are indexed.
+    """
+    CREATE TABLE account_totals (
+        chain_id INTEGER NOT NULL, contract TEXT NOT NULL, token_id TEXT NOT NULL, subscriber TEXT NOT NULL,
+        unsettled INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (chain_id, contract, token_id, subscriber)
+    );
+    INSERT INTO account_totals (chain_id, contract, token_id, subscriber, unsettled)
+        SELECT chain_id, contract, token_id, subscriber, SUM(amount) FROM charges WHERE settled_at IS NULL
+        GROUP BY chain_id, contract, token_id, subscriber;
+    CREATE INDEX reservations_expiry ON reservations (expires_at);
+    CREATE INDEX settlements_account ON settlements (chain_id, contract, token_id, subscriber, status, updated_at);
+    CREATE INDEX shortfalls_account ON shortfalls (chain_id, contract, token_id, subscriber, resolved_at)
+    """,
 ]
 
 _ACCOUNT = "chain_id = ? AND contract = ? AND token_id = ? AND subscriber = ?"
@@ -78,10 +93,12 @@ class SqliteLedger:
     def _available(self, conn: sqlite3.Connection, account: Account, balance: int, read_at: float, now: float) -> int:
         # Charges count against the on-chain balance until their burn is in it: unsettled ones,
         # and ones settled after the balance was read (that balance is from before the burn).
-        (charged,) = conn.execute(
-            f"SELECT COALESCE(SUM(amount), 0) FROM charges WHERE {_ACCOUNT} AND (settled_at IS NULL OR settled_at > ?)",
-            (*_key(account), read_at),
+        row = conn.execute(f"SELECT unsettled FROM account_totals WHERE {_ACCOUNT}", _key(account)).fetchone()
+        (burned_since,) = conn.execute(
+            f"SELECT COALESCE(SUM(amount), 0) FROM settlements WHERE {_ACCOUNT} AND status = 'confirmed'"
+            " AND updated_at > ?", (*_key(account), read_at),
         ).fetchone()
+        charged = (row[0] if row else 0) + burned_since
         (held,) = conn.execute(
             f"SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE {_ACCOUNT} AND expires_at >= ?",
             (*_key(account), now),
@@ -111,7 +128,8 @@ class SqliteLedger:
                          (rid, *_key(account), service, amount, request_id, now + ttl))
             return Reservation(rid, account, amount, available - amount)
 
-        return await self.db.transaction(reserve)
+        # Not fsynced: a hold only matters while its process lives (after a crash it is void anyway).
+        return await self.db.transaction(reserve, durable=False)
 
     async def available(self, account: Account, balance: int, balance_read_at: float) -> int:
         """What a reservation could take now (0 while an unpaid shortfall blocks the account)."""
@@ -123,7 +141,8 @@ class SqliteLedger:
         return await self.db.run(available)
 
     async def release(self, reservation_id: str) -> None:
-        await self.db.transaction(lambda conn: conn.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)))
+        await self.db.transaction(lambda conn: conn.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)),
+                                  durable=False)
 
     async def charge(self, reservation: Reservation, amount: int, balance: int, balance_read_at: float) -> int:
         """Turn the reservation into a charge of `amount` (<= reserved); return credits remaining."""
@@ -140,6 +159,11 @@ class SqliteLedger:
                 "INSERT INTO charges (reservation_id, request_id, chain_id, contract, token_id, subscriber, service,"
                 " amount, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (reservation.id, request_id, *_key(reservation.account), service, amount, now),
+            )
+            conn.execute(
+                "INSERT INTO account_totals (chain_id, contract, token_id, subscriber, unsettled) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET unsettled = unsettled + excluded.unsettled",
+                (*_key(reservation.account), amount),
             )
             return max(self._available(conn, reservation.account, balance, balance_read_at, now), 0)
 
@@ -194,6 +218,8 @@ class SqliteLedger:
             conn.execute("UPDATE settlements SET status = 'confirmed', block_number = ?, updated_at = ? WHERE id = ?",
                          (block_number, now, settlement_id))
             conn.execute("UPDATE charges SET settled_at = ? WHERE settlement_id = ?", (now, settlement_id))
+            conn.execute(f"UPDATE account_totals SET unsettled = unsettled - ? WHERE {_ACCOUNT}",
+                         (row["amount"], row["chain_id"], row["contract"], row["token_id"], row["subscriber"]))
             if row["burn_amount"] < row["amount"]:
                 conn.execute(
                     "INSERT INTO shortfalls (chain_id, contract, token_id, subscriber, amount, settlement_id, created_at)"
