@@ -155,3 +155,18 @@ async def test_group_commit_batches_concurrent_writes_and_isolates_a_failing_one
     assert await db.run(lambda conn: conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 50
     assert db.transactions == 51 and db.commits < 51  # fewer fsyncs than transactions
     await db.close()
+
+
+async def test_migration_to_v2_carries_unsettled_totals_over(tmp_path):
+    db = SqliteDatabase(tmp_path / "old.db")
+    await db.migrate("ledger", MIGRATIONS[:1])  # a v1 ledger with two unsettled charges
+    await db.run(lambda conn: conn.executemany(
+        "INSERT INTO charges (reservation_id, request_id, chain_id, contract, token_id, subscriber, service, amount,"
+        " created_at) VALUES (?, 'r', ?, ?, '1', ?, 'elvis', ?, 0)",
+        [("a", 31337, ACCOUNT.contract, ACCOUNT.subscriber, 2), ("b", 31337, ACCOUNT.contract, ACCOUNT.subscriber, 1)]))
+    ledger = SqliteLedger(db, clock=Clock())
+    await ledger.open()
+    with pytest.raises(InsufficientCredits) as short:
+        await reserve(ledger, amount=3)
+    assert short.value.available == 2  # 5 on chain - 3 charged before the upgrade
+    await db.close()
