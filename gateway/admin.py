@@ -79,12 +79,8 @@ async def _probe_chains(state: dict) -> dict[str, bool]:
 
 
 async def _ledger_writable(state: dict) -> bool:
-    def write(conn) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
-
-    try:
-        await asyncio.wait_for(state["db"].run(write), timeout=5)
+    try:  # an empty write transaction: takes the write lock and commits nothing
+        await asyncio.wait_for(state["db"].transaction(lambda conn: None, durable=False), timeout=5)
         return True
     except Exception:  # noqa: BLE001 - locked, read-only, full disk: all "not ready"
         return False
