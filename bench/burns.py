@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:  # `python bench/burns.py` puts bench/, not the re
 import aiohttp  # noqa: E402
 from eth_account import Account  # noqa: E402
 
-from bench.latency import QUERY_BODY, TOKEN_ID, Child, machine  # noqa: E402
+from bench.latency import QUERY_BODY, TOKEN_ID, Child, machine, publish  # noqa: E402
 from gateway.config_loader import load_config  # noqa: E402
 from gateway.demo import HOST  # noqa: E402
 from gateway.devchain import DEV_ACCOUNTS, Anvil, DevChain, free_port  # noqa: E402
@@ -283,15 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                   "subscribers": subs},
         "machine": info, **result,
     }
-    print()
-    print(table(result, args))
-    print(f"\nmachine: nproc={info['nproc']}, python {info['python']}, {info['cpu']}, "
-          f"load {' '.join(info['loadavg_before'])} -> {' '.join(info['loadavg_after'])}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results written to {args.json}")
-    return 0
+    return publish(report, table(result, args), info, args.json)
 
 
 if __name__ == "__main__":

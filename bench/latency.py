@@ -362,14 +362,19 @@ def main(argv: list[str] | None = None) -> int:
         "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": info, **result,
     }
+    return publish(report, table(result, args), info, args.json)
+
+
+def publish(report: dict, table_text: str, info: dict, json_path: Path | None) -> int:
+    """Print the table and the machine line; write the JSON report if asked (shared by the benches)."""
     print()
-    print(table(result, args))
+    print(table_text)
     print(f"\nmachine: nproc={info['nproc']}, python {info['python']}, {info['cpu']}, "
           f"load {' '.join(info['loadavg_before'])} -> {' '.join(info['loadavg_after'])}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results written to {args.json}")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"results written to {json_path}")
     return 0
 
 

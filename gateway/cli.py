@@ -13,6 +13,11 @@ from gateway.config_values import address, duration
 DEFAULT_CONFIG = "config/gateway.yaml"
 
 
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG),
+                        help=f"the gateway's config file (default: $GATEWAY_CONFIG or {DEFAULT_CONFIG})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Payment-plan gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -20,16 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in (("serve", "run the gateway"), ("check-config", "validate the config"),
                             ("reload", "make a running gateway re-read its config (SIGHUP to its pid_file)")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+        _config_option(p)
 
     token = sub.add_parser("token", help="tokens of the gateway's own issuer").add_subparsers(dest="action", required=True)
     issue = token.add_parser("issue", help="print a JWT signed by tokens.own")
-    issue.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    _config_option(issue)
     issue.add_argument("--service", required=True)
     issue.add_argument("--subscriber", required=True)
     issue.add_argument("--ttl", default=None, help="e.g. 1h, 30d (default: tokens.own.ttl)")
     revoke = token.add_parser("revoke", help="revoke one token (its jti) or every token a subscriber has so far")
-    revoke.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    _config_option(revoke)
     revoke.add_argument("jti", nargs="?", help="the token's jti claim")
     revoke.add_argument("--subscriber", help="0xADDR: revoke every token issued to it up to now")
 
@@ -39,13 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--type", choices=("ES256", "EdDSA"), default="ES256")
 
     usage = sub.add_parser("usage", help="ledger: charged, settled, pending credits, shortfalls, burn transactions")
-    usage.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    _config_option(usage)
     usage.add_argument("--service")
     usage.add_argument("--subscriber")
 
     shortfall = sub.add_parser("shortfall", help="unpaid shortfalls").add_subparsers(dest="action", required=True)
     resolve = shortfall.add_parser("resolve", help="mark a subscriber's shortfall as paid off-chain (unblocks them)")
-    resolve.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    _config_option(resolve)
     resolve.add_argument("--service", required=True)
     resolve.add_argument("--subscriber", required=True)
     resolve.add_argument("--note", required=True, help="why it is resolved (kept in the ledger)")
