@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,21 @@ class Plugin:
     secret: str
 
 
+@contextmanager
+def example_server(module: str, token_env: str, ready: str = r"listening on (http://[^/\s]+)"):
+    """One of the examples as a real process on a free port, with a fresh owner secret."""
+    secret = secrets.token_urlsafe(24)
+    child = ChildProcess([sys.executable, "-m", module, "--port", "0"], ready=ready, env={token_env: secret})
+    try:
+        yield Plugin(child.ready_match.group(1), secret)
+    finally:
+        child.stop()
+
+
 @pytest.fixture(scope="session")
 def plugin():
-    secret = secrets.token_urlsafe(24)
-    child = ChildProcess([sys.executable, "-m", "examples.song_plugin", "--port", "0"],
-                         ready=r"listening on (http://\S+)", env={"SONG_PLUGIN_TOKEN": secret})
-    yield Plugin(child.ready_match.group(1), secret)
-    child.stop()
+    with example_server("examples.song_plugin", "SONG_PLUGIN_TOKEN") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

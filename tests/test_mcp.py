@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import secrets
 import sqlite3
-import sys
-from dataclasses import dataclass
 
 import pytest
 from mcp import Client
@@ -21,11 +18,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
-from conftest import BROKE, HOST, OWNER, SUBSCRIBER, START_CREDITS, base_config
+from conftest import BROKE, HOST, OWNER, SUBSCRIBER, START_CREDITS, Plugin, base_config, example_server
 from gateway.config import McpConfig
 from gateway.config_loader import ConfigError, parse_config
 from gateway.database import sqlite_path
-from gateway.devprocess import ChildProcess
 from gateway.mcp import parse_messages, price_messages
 from gateway.problems import Problem
 from tests.support.upstreams import HeldUpstream
@@ -34,19 +30,13 @@ TOOLS = {"search": 2, "summarize": {"credits": 5}}  # count_songs: the default (
 OPERATOR_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 
 
-@dataclass
-class McpUpstream:
-    url: str      # http://127.0.0.1:PORT (the MCP endpoint is /mcp)
-    secret: str
+McpUpstream = Plugin  # url: http://127.0.0.1:PORT (the MCP endpoint is /mcp), secret: the owner's
 
 
 @pytest.fixture(scope="session")
 def mcp_upstream():
-    secret = secrets.token_urlsafe(24)
-    child = ChildProcess([sys.executable, "-m", "examples.song_mcp", "--port", "0"],
-                         ready=r"listening on (http://\S+)/mcp", env={"SONG_MCP_TOKEN": secret})
-    yield McpUpstream(child.ready_match.group(1), secret)
-    child.stop()
+    with example_server("examples.song_mcp", "SONG_MCP_TOKEN") as server:
+        yield server
 
 
 def mcp_config(chain, signing_key, upstream: McpUpstream | str, secret: str | None = None, **mcp):
