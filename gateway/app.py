@@ -28,6 +28,7 @@ from gateway.plans import PlanChecker
 from gateway.revocation import RevocationList
 from gateway.routing import ServiceRouter
 from gateway.settlement import Settler
+from gateway.shared_balances import SharedBalances
 from gateway.signin import NonceBook, SignIn, open_auth
 from gateway.tokens import TokenVerifier
 from gateway.upstream import Upstream, create_session
@@ -52,6 +53,10 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
         state["ledger"] = SqliteLedger(state["db"])
         await state["ledger"].open()
         state["nonce_secret"] = await open_auth(state["db"])  # sign-in and revocation tables
+        if config.workers > 1:  # one chain read per new subscriber for all workers, not one each
+            lease = max((c.timeout * len(c.rpc_urls) for c in config.chains.values()), default=0.0) + 1.0
+            state["shared_balances"] = SharedBalances(state["db"], lease)
+            await state["shared_balances"].open()
         state["session"] = create_session(config.upstream_connections)
         state["rpc_session"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         _install(app, assemble(config, state))
@@ -76,7 +81,7 @@ def assemble(config: GatewayConfig, state: dict) -> dict:
     """Everything that depends on the config, built on the long-lived resources in `state`."""
     metrics: Metrics = state["metrics"]
     readers = {name: JsonRpcClient(chain, state["rpc_session"]) for name, chain in config.chains.items()}
-    plans = PlanChecker(readers, config.plan_cache)
+    plans = PlanChecker(readers, config.plan_cache, shared=state.get("shared_balances"))
     chain_ids = {name: chain.chain_id for name, chain in config.chains.items()}
     own = OwnIssuer(config.tokens.own) if config.tokens.own else None
     revocations = RevocationList(state["db"], config.tokens.revocation_refresh)

@@ -26,6 +26,7 @@ from eth_abi import decode, encode
 from gateway.chain_rpc import ChainUnavailable, RpcError
 from gateway.config import PlanCacheConfig, PlanConfig
 from gateway.problems import Problem
+from gateway.shared_balances import SharedBalance, SharedBalances
 
 # Selectors (first 4 bytes of keccak of the signature), checked against eth_utils in the tests.
 ERC1155_BALANCE_OF = bytes.fromhex("00fdd58e")  # balanceOf(address,uint256)
@@ -70,8 +71,10 @@ class PlanChecker:
         cache: PlanCacheConfig,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        shared: SharedBalances | None = None,
     ) -> None:
         self._wall = wall_clock
+        self._shared = shared  # balances read by the other worker processes
         self._readers = dict(readers)  # chain name (PlanConfig.chain) -> reader
         self._config = cache
         self._clock = clock
@@ -85,7 +88,7 @@ class PlanChecker:
         # coalesced: misses that joined a call in flight; rpc_calls: eth_calls sent; errors: those
         # that failed; stale: failures answered with a stale positive balance.
         self.stats: dict[str, int] = dict.fromkeys(
-            ("hits", "misses", "coalesced", "rpc_calls", "errors", "stale"), 0
+            ("hits", "misses", "coalesced", "rpc_calls", "errors", "stale", "shared"), 0
         )
 
     @property
@@ -143,6 +146,26 @@ class PlanChecker:
         reader = self._readers.get(plan.chain)
         if reader is None:
             raise Problem(503, "chain_unavailable", f"chain {plan.chain!r} has no configured RPC client")
+        shared_key = "|".join(map(str, key))
+        if self._shared is not None:
+            found = await self._shared.acquire(shared_key, self._config.ttl, self._config.negative_ttl)
+            if found is not None:  # another worker read it (or just did): no second eth_call
+                self.stats["shared"] += 1
+                age = max(self._wall() - found.read_at, 0.0)
+                if self._inflight.get(key) is asyncio.current_task():
+                    self._cache[key] = (found.amount, self._clock() - age, found.read_at)
+                return Balance(found.amount, found.read_at)
+        try:
+            balance = await self._read_chain(key, plan, calldata, reader)
+        except BaseException:
+            if self._shared is not None:
+                await asyncio.shield(self._shared.publish(shared_key, None))  # let the others try
+            raise
+        if self._shared is not None:
+            await self._shared.publish(shared_key, SharedBalance(balance.amount, balance.read_at))
+        return balance
+
+    async def _read_chain(self, key: CacheKey, plan: PlanConfig, calldata: bytes, reader: ChainReader) -> Balance:
         started, wall = self._clock(), self._wall()  # the answer is at least this fresh
         self.stats["rpc_calls"] += 1
         try:
