@@ -13,6 +13,7 @@ from aiohttp import web
 from openapi_spec_validator import validate
 
 from conftest import HOST, base_config
+from tests.support.upstreams import serve_app
 from examples.song_plugin import create_app as create_plugin_app
 from gateway.plugin_manifest import rewrite_url
 
@@ -109,10 +110,7 @@ class Docs:
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", serve)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve_app(app)
         return self
 
     async def __aexit__(self, *exc) -> None:

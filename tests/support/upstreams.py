@@ -13,6 +13,14 @@ import asyncio
 from aiohttp import web
 
 
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve an aiohttp app on a free loopback port: its runner (to clean up) and its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 class HeldUpstream:
     def __init__(self) -> None:
         self.released = asyncio.Event()
@@ -58,10 +66,7 @@ class HeldUpstream:
         app.router.add_get("/sse", self._sse)
         app.router.add_route("*", "/echo/{tail:.*}", self._echo)
         app.router.add_post("/priced/{n}", self._priced)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve_app(app)
         return self
 
     async def __aexit__(self, *exc) -> None:
