@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                             ("reload", "make a running gateway re-read its config (SIGHUP to its pid_file)")):
         p = sub.add_parser(name, help=help_text)
         _config_option(p)
+        p.add_argument("config_path", nargs="?", metavar="CONFIG", help="same as --config")
 
     token = sub.add_parser("token", help="tokens of the gateway's own issuer").add_subparsers(dest="action", required=True)
     issue = token.add_parser("issue", help="print a JWT signed by tokens.own")
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
 
     args = parser.parse_args(argv)
+    if getattr(args, "config_path", None):
+        args.config = args.config_path
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "serve":

@@ -42,7 +42,9 @@ class Node:
             raw = None
         if raw is None:
             if default is MISSING:
-                self.problems.append(f"{self.at(key)}: required")
+                # Already reported when its ${VAR} was not set: one problem per mistake.
+                if not any(p.startswith(f"{self.at(key)}: environment variable") for p in self.problems):
+                    self.problems.append(f"{self.at(key)}: required")
                 return None
             return default
         try:

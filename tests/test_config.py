@@ -163,7 +163,7 @@ def test_check_config_cli_prints_all_problems_and_exits_1(tmp_path):
 def test_check_config_cli_accepts_the_example(tmp_path):
     key = tmp_path / "key.pem"
     generate_signing_key(key, "ES256")
-    run = subprocess.run([sys.executable, "-m", "gateway", "check-config", "--config", "config/gateway.yaml"],
+    run = subprocess.run([sys.executable, "-m", "gateway", "check-config", "config/gateway.yaml"],
                          capture_output=True, text=True, cwd=REPO,
                          env={"PATH": "/usr/bin:/bin", "GATEWAY_SIGNING_KEY_FILE": str(key), "ELVIS_UPSTREAM_TOKEN": "x"})
     assert run.returncode == 0, run.stderr
