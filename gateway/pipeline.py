@@ -51,6 +51,15 @@ class Outcome:
     duration_ms: float = 0.0
 
 
+@dataclass
+class Admitted:
+    """A call let through: who (None on open endpoints), its credit hold, its MCP call if priced so."""
+
+    subscriber: str | None = None
+    hold: Hold | None = None
+    call: mcp.McpCall | None = None
+
+
 class Pipeline:
     def __init__(
         self,
@@ -100,37 +109,55 @@ class Pipeline:
     ) -> web.StreamResponse:
         service = self.router.resolve(request.headers.get("Host"))
         out.service = service.id
-        path = normalize_path(raw_path)
-        out.path = path
+        path = out.path = normalize_path(raw_path)  # what is authorized is exactly what is forwarded
+        decision = self._classify(service, request.method, path)
+        out.rule, out.decision = decision.rule_name, decision.kind
+        if (answer := await self._answer_locally(request, service, path, decision, out)) is not None:
+            return answer
+        if decision.kind == "not_exposed":
+            # Deny by default: only what the owner listed is reachable.
+            raise Problem(404, "endpoint_not_exposed", f"{request.method} {path} is not exposed by {service.id}")
+        admitted = await self._admit(request, service, decision, out)
+        return await self._forward(request, service, path, query, admitted, out)
+
+    async def _answer_locally(self, request: web.Request, service: ServiceConfig, path: str, decision: Decision,
+                              out: Outcome) -> web.StreamResponse | None:
+        """What the gateway answers itself: CORS preflights, /.gateway/*, discovery documents."""
         if service.cors is not None:
             cors.remember(request, service.cors)
             if cors.is_preflight(request):
                 # A browser asking whether it may call: it sends no token, so the gateway answers.
-                out.decision = "preflight"
+                out.decision, out.rule = "preflight", None
                 return cors.preflight(service.cors, request, path, lambda method: self._exposes(service, method, path))
         if path.startswith("/.gateway/"):
             # The gateway's own endpoints: answered here, never forwarded.
-            out.decision = "gateway"
+            out.decision, out.rule = "gateway", None
             return await self.endpoints.handle(request, service, path)
-        decision = self._classify(service, request.method, path)
-        out.rule, out.decision = decision.rule_name, decision.kind
         if decision.kind != "protected" and (document := await self._own_document(request, service, path)):
             out.decision = "gateway"  # a discovery document the gateway writes (protected ones are forwarded)
             return document
-        if decision.kind == "not_exposed":
-            # Deny by default: only what the owner listed is reachable.
-            raise Problem(404, "endpoint_not_exposed", f"{request.method} {path} is not exposed by {service.id}")
-        subscriber, hold, call = None, None, None
-        if decision.kind == "protected":
-            subscriber = out.subscriber = await self._authenticate(request, service, decision)
-            if subscriber != service.owner:  # the owner's own calls are free, never charged
-                call = await mcp.read_call(request, service, decision)  # an MCP POST: priced by its tools
-                if call is not None and call.tools:
-                    out.rule = f"{out.rule}: {', '.join(call.tools)}"
-                hold = await self._reserve(request, service, decision, subscriber, out, call)
+        return None
+
+    async def _admit(self, request: web.Request, service: ServiceConfig, decision: Decision,
+                     out: Outcome) -> Admitted:
+        """Who calls and what it costs: authenticate, price, reserve (protected calls only)."""
+        if decision.kind != "protected":
+            return Admitted()
+        subscriber = out.subscriber = await self._authenticate(request, service, decision)
+        if subscriber == service.owner:
+            return Admitted(subscriber)  # the owner's own calls are free, never charged
+        call = await mcp.read_call(request, service, decision)  # an MCP POST: priced by its tools
+        if call is not None and call.tools:
+            out.rule = f"{out.rule}: {', '.join(call.tools)}"
+        return Admitted(subscriber, await self._reserve(request, service, decision, subscriber, out, call), call)
+
+    async def _forward(self, request: web.Request, service: ServiceConfig, path: str, query: str,
+                       admitted: Admitted, out: Outcome) -> web.StreamResponse:
+        """Send upstream; charge on its status line (or release); relay its answer as it streams."""
+        hold, call = admitted.hold, admitted.call
         headers = upstream_request_headers(
             request.headers, service, peer=request.remote, public_host=request.headers.get("Host", ""),
-            public_scheme=self.config.public_scheme, req_id=out.request_id, subscriber=subscriber,
+            public_scheme=self.config.public_scheme, req_id=out.request_id, subscriber=admitted.subscriber,
         )
         url = target_url(service, path, query)
         try:
