@@ -148,15 +148,8 @@ class Stack:
         return child
 
     def metrics(self) -> dict[str, float]:
-        """The gateway's request and plan-check counters from its admin /metrics."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if re.match(r"gateway_(plan_checks|requests)_total\{", line):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
+        """The gateway's request and plan-cache counters from its admin /metrics."""
+        return admin_counters(f"http://127.0.0.1:{self.admin_port}", r"gateway_(plan_cache|requests)_total\{")
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -363,6 +356,18 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info, **result,
     }
     return publish(report, table(result, args), info, args.json)
+
+
+def admin_counters(admin_url: str, pattern: str) -> dict[str, float]:
+    """Samples of the gateway's admin /metrics whose line matches `pattern` (shared by the benches)."""
+    with urllib.request.urlopen(admin_url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if re.match(pattern, line):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
 
 
 def publish(report: dict, table_text: str, info: dict, json_path: Path | None) -> int:

@@ -69,7 +69,7 @@ import yaml  # noqa: E402
 from eth_account import Account  # noqa: E402
 from web3 import Web3  # noqa: E402
 
-from bench.latency import Child, machine  # noqa: E402
+from bench.latency import Child, admin_counters, machine  # noqa: E402
 from gateway.config_loader import load_config  # noqa: E402
 from gateway.devchain import DEV_ACCOUNTS, Anvil, DevChain, free_port, load_artifact  # noqa: E402
 from gateway.own_issuer import OwnIssuer, generate_signing_key  # noqa: E402
@@ -285,14 +285,7 @@ class Gateway:
 
     def metrics(self) -> dict[str, float]:
         """Counters from admin /metrics (worker 0 only: the admin listener lives there)."""
-        with urllib.request.urlopen(self.admin + "/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if re.match(r"gateway_(plan_cache|requests_total|rpc)", line):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
+        return admin_counters(self.admin, r"gateway_(plan_cache|requests_total|rpc)")
 
     def settle(self) -> dict:
         req = urllib.request.Request(self.admin + "/settle", data=b"", method="POST")
