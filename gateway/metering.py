@@ -17,7 +17,7 @@ import structlog
 
 from gateway.config import EndpointRule, Price, ServiceConfig
 from gateway.ledger import Account, InsufficientCredits, Ledger, Reservation
-from gateway.payment import plan_document, price_of, require_plan
+from gateway.payment import plan_document, price_of, require_pass
 from gateway.observability import Metrics
 from gateway.plans import Balance, PlanChecker
 from gateway.problems import Problem
@@ -53,7 +53,7 @@ class Meter:
         price = price if price is not None else price_of(service, rule)
         if plan.standard == "erc721":
             # A pass grants access, not credits: check it, charge nothing.
-            await require_plan(self.plans, chain_id, service, price, subscriber)
+            await require_pass(self.plans, chain_id, service, subscriber)
             return None
         if price.reserve == 0:
             return None  # a free endpoint: nothing to hold, nothing to charge

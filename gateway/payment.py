@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import EndpointRule, PlanConfig, Price, ServiceConfig
+from gateway.config import EndpointRule, Price, ServiceConfig
 from gateway.plans import PlanChecker
 from gateway.problems import Problem
 
@@ -18,11 +18,6 @@ def price_of(service: ServiceConfig, rule: EndpointRule | None) -> Price:
     if rule is not None and rule.price is not None:
         return rule.price
     return Price(fixed=service.plan.credits if service.plan else 0)
-
-
-def credits_needed(plan: PlanConfig, price: Price) -> int:
-    # An erc721 pass grants access, not credits: holding one token is enough.
-    return 1 if plan.standard == "erc721" else price.reserve
 
 
 def plan_document(service: ServiceConfig, chain_id: int, balance: int | None = None) -> dict[str, Any]:
@@ -41,22 +36,16 @@ def plan_document(service: ServiceConfig, chain_id: int, balance: int | None = N
     return doc
 
 
-async def require_plan(
-    checker: PlanChecker, chain_id: int, service: ServiceConfig, price: Price, subscriber: str
-) -> int:
-    """Return the subscriber's balance if it covers `price`; otherwise refuse with 402."""
+async def require_pass(checker: PlanChecker, chain_id: int, service: ServiceConfig, subscriber: str) -> int:
+    """An erc721 plan: return the subscriber's pass count if they hold one; otherwise refuse with 402.
+
+    (erc1155 credits are reserved by `metering.Meter`, which refuses with the same 402 shape.)"""
     plan = service.plan
-    assert plan is not None
+    assert plan is not None and plan.standard == "erc721"
     balance = await checker.balance(plan, subscriber)
-    needed = credits_needed(plan, price)
-    if balance < needed:
-        # Why: the token is valid but the plan does not cover this call; 402 tells the client
-        # how to pay (the plan and where to buy), and nothing is forwarded.
-        doc = plan_document(service, chain_id, balance) | {"credits": needed}
-        raise Problem(
-            402,
-            "payment_required",
-            f"plan balance {balance} does not cover the {needed} credit(s) this call costs",
-            extra={"plan": doc},
-        )
+    if balance < 1:
+        # Why: the token is valid but the subscriber holds no pass; 402 tells the client how to
+        # buy one (the plan and where), and nothing is forwarded.
+        doc = plan_document(service, chain_id, balance) | {"credits": 1}
+        raise Problem(402, "payment_required", "this service needs a pass, and none is held", extra={"plan": doc})
     return balance
