@@ -45,13 +45,18 @@ class ChainReader(Protocol):
     async def eth_call(self, to: str, data: bytes, block: str = "latest") -> bytes: ...
 
 
+def credits_calldata(holder: str, token_id: int) -> bytes:
+    """ERC-1155 `balanceOf(holder, token_id)` calldata (the plan check and the settler's pre-burn read)."""
+    return ERC1155_BALANCE_OF + encode(["address", "uint256"], [holder.lower(), token_id])
+
+
 def balance_calldata(plan: PlanConfig, subscriber: str) -> bytes:
     """The `balanceOf` calldata for a plan: erc1155 (subscriber, token_id), erc721 (subscriber)."""
     holder = subscriber.lower()  # eth_abi takes any-case hex; the checksum was the token's concern
     if plan.standard == "erc1155":
         if plan.token_id is None:
             raise ValueError(f"erc1155 plan {plan.contract} has no token_id")
-        return ERC1155_BALANCE_OF + encode(["address", "uint256"], [holder, plan.token_id])
+        return credits_calldata(holder, plan.token_id)
     if plan.standard == "erc721":
         return ERC721_BALANCE_OF + encode(["address"], [holder])
     raise ValueError(f"unknown plan standard {plan.standard!r}")

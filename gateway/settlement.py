@@ -35,7 +35,7 @@ from eth_utils import function_signature_to_4byte_selector
 from gateway.chain_rpc import ChainUnavailable, JsonRpcClient, RpcError
 from gateway.ledger import Ledger, PendingGroup, Settlement
 from gateway.observability import Metrics
-from gateway.plans import ERC1155_BALANCE_OF
+from gateway.plans import credits_calldata
 
 log = structlog.get_logger("gateway.settlement")
 audit = structlog.get_logger("gateway.audit")
@@ -197,7 +197,7 @@ class Settler:
 
     async def _balance(self, rpc: JsonRpcClient, group: PendingGroup) -> int:
         a = group.account
-        raw = await rpc.eth_call(a.contract, ERC1155_BALANCE_OF + encode(["address", "uint256"], [a.subscriber, a.token_id]))
+        raw = await rpc.eth_call(a.contract, credits_calldata(a.subscriber, a.token_id))
         return decode(["uint256"], raw)[0]
 
     async def _broadcast(self, s: Settlement) -> None:
