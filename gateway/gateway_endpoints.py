@@ -29,6 +29,7 @@ from gateway.problems import Problem
 from gateway.public_url import public_base
 from gateway.signin import Origin, SignIn
 from gateway.tokens import TokenVerifier
+from gateway.upstream import read_bounded
 
 LOGIN_BODY_LIMIT = 64 * 1024  # a SIWE message and a signature are a few hundred bytes
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -108,11 +109,7 @@ class GatewayEndpoints:
 
     async def _login(self, request: web.Request, service: ServiceConfig) -> web.StreamResponse:
         assert self.signin is not None
-        body = bytearray()
-        async for chunk in request.content.iter_chunked(16384):
-            body += chunk
-            if len(body) > LOGIN_BODY_LIMIT:
-                raise Problem(413, "body_too_large", f"a sign-in request is at most {LOGIN_BODY_LIMIT} bytes")
+        body = await read_bounded(request, LOGIN_BODY_LIMIT)
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):

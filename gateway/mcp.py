@@ -26,6 +26,7 @@ from aiohttp import web
 from gateway.config import GatewayConfig, McpConfig, Price, ServiceConfig
 from gateway.problems import TITLES, Problem, problem_body, render
 from gateway.routing import Decision, lax_form
+from gateway.upstream import read_bounded
 
 TOOLS_CALL = "tools/call"
 METADATA_PATH = "/.well-known/oauth-protected-resource"
@@ -82,18 +83,6 @@ def price_messages(mcp: McpConfig, body: bytes, messages: list[Any], batch: bool
             credits += mcp.tools.get(name, mcp.default_tool_credits) if isinstance(name, str) \
                 else mcp.default_tool_credits
     return McpCall(body, Price(fixed=credits), tuple(tools), tuple(ids), batch)
-
-
-async def read_bounded(request: web.Request, limit: int) -> bytes:
-    """The whole body, or Problem 413 as soon as it passes `limit` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        raise Problem(413, "body_too_large", f"request body exceeds {limit} bytes")
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            raise Problem(413, "body_too_large", f"request body exceeds {limit} bytes")
-    return bytes(body)
 
 
 def parse_messages(body: bytes) -> tuple[list[Any], bool]:

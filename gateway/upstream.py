@@ -42,6 +42,18 @@ def target_url(service: ServiceConfig, path: str, query: str) -> URL:
     return URL(service.upstream + path + (f"?{query}" if query else ""), encoded=True)
 
 
+async def read_bounded(request: web.Request, limit: int) -> bytes:
+    """The whole body, or Problem 413 as soon as it passes `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise Problem(413, "body_too_large", f"request body exceeds {limit} bytes")
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise Problem(413, "body_too_large", f"request body exceeds {limit} bytes")
+    return bytes(body)
+
+
 class BodyTooLarge(Exception):
     pass
 
