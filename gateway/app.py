@@ -49,14 +49,9 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
     app[STATE] = state
 
     async def start(app: web.Application) -> None:
-        state["db"] = SqliteDatabase(sqlite_path(config.metering.ledger))
-        state["ledger"] = SqliteLedger(state["db"])
-        await state["ledger"].open()
-        state["nonce_secret"] = await open_auth(state["db"])  # sign-in and revocation tables
-        if config.workers > 1:  # one chain read per new subscriber for all workers, not one each
-            lease = max((c.timeout * len(c.rpc_urls) for c in config.chains.values()), default=0.0) + 1.0
-            state["shared_balances"] = SharedBalances(state["db"], lease)
-            await state["shared_balances"].open()
+        state.update(await _open_database(config))
+        if config.workers <= 1:  # shared balances: one chain read per new subscriber for all workers
+            state.pop("shared_balances")
         state["session"] = create_session(config.upstream_connections)
         state["rpc_session"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         _install(app, assemble(config, state))
@@ -75,6 +70,31 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
     app.on_cleanup.append(stop)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+async def _open_database(config: GatewayConfig) -> dict:
+    """The ledger database with every component's schema migrated, and what lives in it."""
+    db = SqliteDatabase(sqlite_path(config.metering.ledger))
+    ledger = SqliteLedger(db)
+    await ledger.open()
+    nonce_secret = await open_auth(db)  # sign-in and revocation tables
+    lease = max((c.timeout * len(c.rpc_urls) for c in config.chains.values()), default=0.0) + 1.0
+    shared_balances = SharedBalances(db, lease)
+    await shared_balances.open()
+    return {"db": db, "ledger": ledger, "nonce_secret": nonce_secret, "shared_balances": shared_balances}
+
+
+def prepare_database(config: GatewayConfig) -> None:
+    """Create and migrate the ledger database once, before worker processes start.
+
+    Why: workers that open a new file at the same moment race to create it, switch it to WAL and
+    migrate it; done once in the parent, each worker finds it ready (and a broken ledger stops the
+    gateway before it listens)."""
+
+    async def prepare() -> None:
+        await (await _open_database(config))["db"].close()
+
+    asyncio.run(prepare())
 
 
 def assemble(config: GatewayConfig, state: dict) -> dict:

@@ -53,21 +53,31 @@ class SqliteDatabase:
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
-            if str(self.path) != ":memory:":
+            file_backed = str(self.path) != ":memory:"
+            if file_backed:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            # Locks held by other worker processes are waited for by `_begin` (short, even retries),
-            # not by SQLite's busy handler, whose sleeps grow to 100 ms and make p99 latency explode.
-            conn.execute("PRAGMA busy_timeout=0")
-            self._conn = conn
-            if str(self.path) != ":memory:":
                 # Worker processes sharing the file queue for its write lock here, in the kernel:
                 # the next writer wakes the moment the lock is free (no polling, no sleeps).
                 self._lock_fd = os.open(f"{self.path}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
+                # Why under the lock: switching a new file to WAL needs an exclusive lock that SQLite
+                # may refuse at once (no busy wait) while another process opens the same new file.
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+                conn.row_factory = sqlite3.Row
+                # A busy timeout before the first statement: other processes (a CLI command, a
+                # worker) may hold a lock that is not ours to queue for on the flock.
+                conn.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT * 1000)}")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                # From here on, write locks held by other worker processes are waited for by `_begin`
+                # (short, even retries), not by SQLite's busy handler, whose sleeps grow to 100 ms.
+                conn.execute("PRAGMA busy_timeout=0")
+            finally:
+                if self._lock_fd is not None:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._conn = conn
         return self._conn
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 
 from gateway.admin import build_admin_app
-from gateway.app import build_app, public_runner, reload
+from gateway.app import build_app, prepare_database, public_runner, reload
 from gateway.config import GatewayConfig
 from gateway.config_loader import ConfigError, load_config
 
@@ -73,6 +73,7 @@ def _run_worker(config: GatewayConfig, worker: int, reuse_port: bool) -> None:
 
 
 def serve(config: GatewayConfig) -> int:
+    prepare_database(config)
     if config.pid_file:
         config.pid_file.parent.mkdir(parents=True, exist_ok=True)
         config.pid_file.write_text(f"{os.getpid()}\n")
