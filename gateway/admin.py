@@ -16,12 +16,14 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.app import STATE
+from gateway.headers import set_server_header
 
 STUCK_AFTER = 3  # settle periods (and at least 5 minutes)
 
 
 def build_admin_app(public: web.Application) -> web.Application:
     admin = web.Application()
+    admin.on_response_prepare.append(set_server_header)  # no versions on the operator side either
     state = public[STATE]
 
     async def healthz(request: web.Request) -> web.Response:

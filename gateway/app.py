@@ -19,6 +19,7 @@ from gateway.chain_rpc import JsonRpcClient
 from gateway.config import GatewayConfig
 from gateway.database import SqliteDatabase, sqlite_path
 from gateway.gateway_endpoints import GatewayEndpoints
+from gateway.headers import set_server_header
 from gateway.ledger.sqlite import SqliteLedger
 from gateway.metering import Meter
 from gateway.observability import Metrics
@@ -44,7 +45,10 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
 
     `settle`: this process runs the periodic settlement (exactly one process per ledger should).
     """
-    app = web.Application(handler_args={"max_field_size": 16384})
+    # auto_decompress off: a compressed request body is forwarded as the client's very bytes,
+    # with its Content-Encoding and Content-Length (SPEC §7); readers that must look inside
+    # (MCP pricing, sign-in) decode it themselves, bounded (gateway/content_coding.py).
+    app = web.Application(handler_args={"max_field_size": 16384, "auto_decompress": False})
     state: dict = {"config": config, "metrics": metrics or Metrics(), "settle": settle}
     app[STATE] = state
 
@@ -67,6 +71,7 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
         return await request.app[PIPELINE].handle(request)
 
     app.on_startup.append(start)
+    app.on_response_prepare.append(set_server_header)  # relayed answers too: no versions, no upstream stack
     app.on_cleanup.append(stop)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
@@ -110,7 +115,7 @@ def assemble(config: GatewayConfig, state: dict) -> dict:
         signin = SignIn(config, own, NonceBook(state["db"], state["nonce_secret"], config.tokens.nonce_ttl),
                         plans, readers)
     tokens = TokenVerifier(config.tokens, http=state["rpc_session"], revocations=revocations)
-    meter = Meter(state["ledger"], plans, chain_ids, metrics)
+    meter = Meter(state["ledger"], plans, chain_ids, metrics, hold_margin=config.metering.hold_margin)
     pipeline = Pipeline(
         config,
         ServiceRouter(config.services.values(), config.base_domain),
@@ -145,7 +150,7 @@ async def reload(app: web.Application, config: GatewayConfig) -> None:
     """Swap in a new config: new requests use it at once, calls in flight finish on the old one."""
     state = app[STATE]
     old = state["config"]
-    for key in ("listen", "admin_listen", "workers"):
+    for key in ("listen", "admin_listen", "workers", "connections"):
         if getattr(old, key) != getattr(config, key):
             log.warning("reload_needs_restart", key=key, detail=f"{key} changes take effect on restart")
     if old.metering.ledger != config.metering.ledger:
@@ -169,9 +174,11 @@ async def _stop_settler(state: dict, final: bool) -> None:
                 log.exception("final_settlement_failed")
 
 
-def public_runner(app: web.Application, shutdown_timeout: float = 60.0) -> web.AppRunner:
+def public_runner(app: web.Application, shutdown_timeout: float = 60.0,
+                  keepalive_timeout: float = 15.0) -> web.AppRunner:
     """The runner for the public app. handler_cancellation: when a client goes away, its request
     task is cancelled, so the upstream call stops and its credits are released at once.
-    shutdown_timeout: on shutdown, calls in flight (streams included) get this long to finish."""
+    shutdown_timeout: on shutdown, calls in flight (streams included) get this long to finish.
+    keepalive_timeout: an idle kept-alive connection is closed after this long (`connections.`)."""
     return web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
-                         shutdown_timeout=shutdown_timeout)
+                         shutdown_timeout=shutdown_timeout, keepalive_timeout=keepalive_timeout)

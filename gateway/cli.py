@@ -123,9 +123,13 @@ def _serve(path: str) -> int:
     config = _load(path)
     if config is None:
         return 1
+    from gateway.client_json import cap_recursion_limit
     from gateway.observability import configure_logging
     from gateway.server import serve
 
+    # Why here, after the imports: py_ecc (via eth-account) raised the limit to 100,000 when it was
+    # imported, more than the C stack can honour; the workers fork from this process and keep it.
+    cap_recursion_limit()
     configure_logging(os.environ.get("GATEWAY_LOG_LEVEL", config.log_level),
                       os.environ.get("GATEWAY_LOG_FORMAT", config.log_format))
     return serve(config)

@@ -68,6 +68,9 @@ class TokensConfig:
     cache_size: int = 10_000
     nonce_ttl: float = 300.0             # sign-in nonces expire after this long
     revocation_refresh: float = 5.0      # a revocation reaches every replica within this delay
+    # Sign-in requests (GET /.gateway/nonce, POST /.gateway/login) per client address and worker:
+    # (count, per seconds), a token bucket of `count`; None: not limited (`signin_rate: off`).
+    signin_rate: tuple[int, float] | None = (30, 60.0)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class McpConfig:
     rule: EndpointRule                    # matches exactly `path`, any method (for classification and logs)
     tools: Mapping[str, int]              # tool name -> credits per call
     default_tool_credits: int             # a tool not listed in `tools`
+    max_batch: int = 100                  # JSON-RPC messages in one POST; more is 400 before any pricing
 
 
 @dataclass(frozen=True)
@@ -168,12 +172,23 @@ class PlanCacheConfig:
 
 
 @dataclass(frozen=True)
+class ConnectionsConfig:
+    """Client connections, per worker process (`connections:`): slow and idle clients are cut off."""
+
+    header_timeout: float = 10.0          # a request head must be complete this long after it began
+    keepalive_timeout: float = 15.0       # an idle kept-alive connection is closed after this long
+    max_per_worker: int = 10_000          # open public connections per worker; above it, closed at once
+    admin_max: int = 64                   # open admin connections (a budget of its own)
+
+
+@dataclass(frozen=True)
 class MeteringConfig:
     """Where charges are kept (also the sign-in state) and how they are burned on chain."""
 
     ledger: str = "sqlite:///var/lib/gateway/ledger.db"
     operator_key: str | None = field(default=None, repr=False)
     settle_every: float = 30.0
+    hold_margin: float = 60.0             # a credit hold lives the service's timeout + this, renewed while in flight
 
 
 @dataclass(frozen=True)
@@ -193,6 +208,7 @@ class GatewayConfig:
     shutdown_grace: float = 30.0          # on SIGTERM, calls in flight (streams too) get this long
     upstream_connections: int = 10_000    # per worker: open upstream connections (streams hold one each)
     pid_file: Path | None = None          # written by `serve`, read by `gateway reload`
+    connections: ConnectionsConfig = field(default_factory=ConnectionsConfig)
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     source: Path | None = None

@@ -20,6 +20,7 @@ from gateway import config_values as v
 from gateway.config import (
     DEFAULT_MAX_BODY,
     ChainConfig,
+    ConnectionsConfig,
     GatewayConfig,
     IssuerConfig,
     MeteringConfig,
@@ -66,6 +67,7 @@ def parse_config(
         upstream_connections=root.get("upstream_connections", v.integer(1), 10_000),
         trusted_proxies=tuple(root.get("trusted_proxies", v.list_of(_network), ()) or ()),
         pid_file=root.get("pid_file", lambda raw: v.relative_path(raw, base_dir), None),
+        connections=_connections(root.child("connections")),
         **_log(root.child("log")),
     )
     chains = _chains(root.child("chains"), problems)
@@ -125,6 +127,28 @@ def _plan_cache(node: Node | None) -> PlanCacheConfig:
     return cache
 
 
+def _connections(node: Node | None) -> ConnectionsConfig:
+    d = ConnectionsConfig()
+    if node is None:
+        return d
+    positive = v.integer(1)
+    limits = ConnectionsConfig(
+        header_timeout=node.get("header_timeout", _positive_duration, d.header_timeout),
+        keepalive_timeout=node.get("keepalive_timeout", _positive_duration, d.keepalive_timeout),
+        max_per_worker=node.get("max_per_worker", positive, d.max_per_worker),
+        admin_max=node.get("admin_max", positive, d.admin_max),
+    )
+    node.done()
+    return limits
+
+
+def _positive_duration(raw: Any) -> float:
+    seconds = v.duration(raw)
+    if seconds <= 0:  # Why: 0 would mean "no deadline", exactly what a slow client wants
+        raise ValueError("must be a positive duration")
+    return seconds
+
+
 def _chains(node: Node | None, problems: list[str]) -> dict[str, ChainConfig]:
     chains: dict[str, ChainConfig] = {}
     for name, raw in (node.value.items() if node else ()):
@@ -167,6 +191,7 @@ def _tokens(node: Node | None, base_dir: Path, problems: list[str]) -> TokensCon
         cache_size=node.get("cache_size", v.integer(0), 10_000),
         nonce_ttl=node.get("nonce_ttl", v.duration, 300.0),
         revocation_refresh=node.get("revocation_refresh", v.duration, 5.0),
+        signin_rate=node.get("signin_rate", v.rate, TokensConfig.signin_rate),
     )
     node.done()
     return tokens
@@ -211,6 +236,7 @@ def _metering(m: Node | None, base_dir: Path) -> MeteringConfig:
         ledger=m.get("ledger", lambda raw: v.ledger_url(raw, base_dir), v.ledger_url(MeteringConfig.ledger, base_dir)),
         operator_key=m.get("operator_key", v.private_key, None),
         settle_every=m.get("settle_every", v.duration, 30.0),
+        hold_margin=m.get("hold_margin", v.duration, MeteringConfig.hold_margin),
     )
     m.done()
     return metering

@@ -125,17 +125,19 @@ _MCP_PATH = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+")
 
 
 def _mcp(m: Node | None, plan: PlanConfig | None) -> McpConfig | None:
-    """`mcp: {path: /mcp, tools: {search: 2, summarize: {credits: 5}}, default_tool_credits: 1}`."""
+    """`mcp: {path: /mcp, tools: {search: 2, summarize: {credits: 5}}, default_tool_credits: 1, max_batch: 100}`."""
     if m is None:
         return None
     path = m.get("path", _mcp_path, "/mcp")
     tools = m.get("tools", _tool_prices, {})
     default = m.get("default_tool_credits", v.integer(0), plan.credits if plan else 1)
+    max_batch = m.get("max_batch", v.integer(1, 10_000), McpConfig.max_batch)
     m.done()
-    if path is None or tools is None or default is None:
+    if path is None or tools is None or default is None or max_batch is None:
         return None
     rule = EndpointRule(source=f"mcp {path}", methods=None, pattern=re.compile(re.escape(path)))
-    return McpConfig(path=path, rule=rule, tools=MappingProxyType(tools), default_tool_credits=default)
+    return McpConfig(path=path, rule=rule, tools=MappingProxyType(tools), default_tool_credits=default,
+                     max_batch=max_batch)
 
 
 def _mcp_path(raw: Any) -> str:

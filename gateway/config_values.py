@@ -79,6 +79,22 @@ def duration(raw: Any) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+def rate(raw: Any) -> tuple[int, float] | None:
+    """`30/1m`, `10/10s` -> (count, per seconds); `off` -> None."""
+    if raw is False:  # YAML 1.1 reads a bare `off` as false
+        return None
+    text = _text(raw).strip()
+    if text == "off":
+        return None
+    count, slash, per = text.partition("/")
+    if not (slash and count.isdigit() and int(count) >= 1 and _DURATION.fullmatch(per.strip())):
+        raise ValueError(f"not a rate like 30/1m or 10/10s, or off (got {raw!r})")
+    seconds = duration(per)
+    if seconds <= 0:
+        raise ValueError(f"the period of a rate must be more than 0 (got {raw!r})")
+    return int(count), seconds
+
+
 def size(raw: Any) -> int:
     """`10MiB`, `512KiB`, `1000000` -> bytes."""
     m = _SIZE.fullmatch(_text(raw).strip())

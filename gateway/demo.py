@@ -49,14 +49,21 @@ def _show(title: str, status: int, body: bytes, expect: int) -> bool:
 
 
 def run_demo(once: bool = False, port: int = 0) -> int:
+    """Nothing the demo starts outlives it: Ctrl-C, SIGTERM and SIGHUP (its terminal closed) stop
+    every child here; kill -9 stops them through their parent-death signal (gateway.devprocess)."""
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)  # handled as Ctrl-C: the finally blocks stop the children
     children: list[ChildProcess] = []
     work = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
-    with Anvil() as anvil:
-        try:
-            return _walk_through(anvil, work, children, once, port or free_port())
-        finally:
-            for child in reversed(children):
-                child.stop()
+    try:
+        with Anvil() as anvil:
+            try:
+                return _walk_through(anvil, work, children, once, port or free_port())
+            finally:
+                for child in reversed(children):
+                    child.stop()
+    except KeyboardInterrupt:  # stopped during the walk-through: children are stopped already
+        return 130
 
 
 def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: bool, port: int) -> int:
@@ -121,12 +128,14 @@ def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: 
     ok &= _show_settlement(chain, plan, admin_port, charged=5)
 
     if not once:
-        print("everything is running; Ctrl-C stops it all")
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it all too
+        print("everything is running; Ctrl-C stops it all", flush=True)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
-            print("stopping")
+            try:
+                print("stopping", flush=True)
+            except OSError:  # the terminal is gone (SIGHUP): nobody to tell
+                pass
     return 0 if ok else 1
 
 

@@ -11,18 +11,22 @@ Never used in the request path: the gateway itself talks to chains asynchronousl
 from __future__ import annotations
 
 import json
+import os
 import platform
 import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from eth_account import Account
 from web3 import Web3
 from web3.logs import DISCARD
+
+from gateway.parent_death import die_with_parent
 
 CHAIN_DIR: Path = Path(__file__).resolve().parents[1] / "chain"
 
@@ -108,7 +112,10 @@ class Anvil:
         cmd = [str(anvil_binary()), "--host", "127.0.0.1", "--port", str(self.port),
                "--chain-id", str(self.chain_id), "--silent"]
         stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        # preexec: anvil (a native binary) dies with this process, kill -9 included (the parent-death
+        # signal survives exec).
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                                      preexec_fn=partial(die_with_parent, os.getpid()))
         deadline = time.monotonic() + _READY_TIMEOUT_S
         try:
             while True:

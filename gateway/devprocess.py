@@ -1,5 +1,10 @@
 """Child processes for the demo and the integration tests: start, wait until a
-line says it is ready, keep draining its output, stop it by PID."""
+line says it is ready, keep draining its output, stop it by PID.
+
+A child dies with this process (kill -9 included): it is started with the parent-death signal
+(`gateway.parent_death`). Linux sends it when the *thread* that started the child exits, so start
+children from a thread that lives as long as they should (the main thread, in the demo and tests).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,10 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from functools import partial
 from typing import Sequence
+
+from gateway.parent_death import die_with_parent
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +34,7 @@ class ChildProcess:
         self.proc = subprocess.Popen(
             self.cmd, cwd=cwd, env={**os.environ, **(env or {})}, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=partial(die_with_parent, os.getpid()),
         )
         threading.Thread(target=self._drain, daemon=True).start()
         self.ready_match = self.wait_for(ready, timeout)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -26,8 +25,8 @@ from gateway.metering import Meter
 from gateway.own_issuer import OwnIssuer
 from gateway.payment import plan_document, price_of
 from gateway.problems import Problem
-from gateway.public_url import public_base
-from gateway.signin import Origin, SignIn
+from gateway.signin import SignIn, parse_login_body
+from gateway.signin_address import origin_of
 from gateway.tokens import TokenVerifier
 from gateway.upstream import read_bounded
 
@@ -99,6 +98,7 @@ class GatewayEndpoints:
 
     async def _nonce(self, request: web.Request, service: ServiceConfig) -> web.StreamResponse:
         assert self.signin is not None
+        self.signin.admit(request)  # Why: anonymous; 429 above tokens.signin_rate per client address
         nonce, _ = self.signin.nonces.issue()
         return web.json_response({"nonce": nonce, "expires_in": int(self.signin.nonces.ttl)}, headers=NO_STORE)
 
@@ -109,17 +109,10 @@ class GatewayEndpoints:
 
     async def _login(self, request: web.Request, service: ServiceConfig) -> web.StreamResponse:
         assert self.signin is not None
+        self.signin.admit(request)  # Why: anonymous and costly (recovery, chain read); before any work
         body = await read_bounded(request, LOGIN_BODY_LIMIT)
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            data = None
-        if not isinstance(data, dict) or not isinstance(data.get("message"), str) \
-                or not isinstance(data.get("signature"), str):
-            raise Problem(400, "bad_request", 'send JSON {"message": "<EIP-4361 text>", "signature": "0x..."}')
-        # The scheme the client used (public_scheme, or a trusted proxy's X-Forwarded-Proto) and its Host.
-        origin = Origin(public_base(self.config, request).split("://", 1)[0], request.headers.get("Host", ""))
-        answer = await self.signin.login(service, origin, data["message"], data["signature"])
+        message, signature = parse_login_body(body)  # strict, depth-limited JSON (gateway.client_json)
+        answer = await self.signin.login(service, origin_of(self.config, request), message, signature)
         # Why no-store: the answer carries a bearer token (RFC 6749 §5.1).
         return web.json_response(answer, headers=NO_STORE)
 

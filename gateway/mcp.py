@@ -1,16 +1,20 @@
 """MCP servers (Streamable HTTP transport) behind the gateway, priced per tool.
 
 A service with `mcp: {path: /mcp, tools: {search: 2}, default_tool_credits: 1}` has its MCP
-path protected for every method: each request needs a valid token. A POST there carries
-JSON-RPC; its price depends on what it asks for, so its body is read first (within
-`max_body`), priced, and forwarded as the very bytes that were priced:
+path protected for every method: each request needs a valid token. A GET (the server's event
+stream every SDK client opens), HEAD or DELETE (session end) runs no tool: it needs the token
+and costs nothing (no credits are held). A POST there carries JSON-RPC; its price depends on
+what it asks for, so its body is read first (within `max_body`, and decoded within `max_body`
+when it is compressed), priced, and forwarded as the very bytes the client sent:
 
 - `tools/call`: the tool's credits (`tools`, else `default_tool_credits`); a batch is the sum;
 - everything else (`initialize`, `server/discover`, `tools/list`, `ping`, notifications,
   responses to the server's requests, resources and prompts): free, but still authenticated.
 
+A batch holds at most `max_batch` messages (default 100; more is 400 before any pricing).
 Refusals of a priced call are JSON-RPC error objects (same HTTP status and headers), so that an
-MCP client shows the reason (`error.data` is the RFC 9457 problem). A 401 on the MCP path names
+MCP client shows the reason: the first error's `data` is the RFC 9457 problem, the others carry
+only its code, so a refused batch answers a bounded size. A 401 on the MCP path names
 the gateway's RFC 9728 metadata (`resource_metadata`), served at
 `/.well-known/oauth-protected-resource[<path>]`.
 """
@@ -23,12 +27,15 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import client_json
 from gateway.config import GatewayConfig, McpConfig, Price, ServiceConfig
 from gateway.problems import TITLES, Problem, problem_body, render
 from gateway.routing import Decision, lax_form
-from gateway.upstream import read_bounded
+from gateway.upstream import decoded, read_raw
 
 TOOLS_CALL = "tools/call"
+FREE_METHODS = frozenset({"GET", "HEAD", "DELETE"})  # no JSON-RPC request in them: no tool runs
+LOG_TOOLS, LOG_TOOL_NAME = 10, 64  # the access log names at most this many tools, each this long
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 
 
@@ -40,6 +47,18 @@ def classify(service: ServiceConfig, path: str) -> Decision | None:
     if mcp is not None and (path == mcp.path or lax_form(path) == mcp.path):
         return Decision("protected", mcp.rule)
     return None
+
+
+def is_free(service: ServiceConfig, decision: Decision, method: str) -> bool:
+    """A request on the MCP path that cannot run a tool: it needs a valid token, but no credits."""
+    return service.mcp is not None and decision.rule is service.mcp.rule and method in FREE_METHODS
+
+
+def log_rule(rule: str | None, tools: tuple[str, ...]) -> str:
+    """The access log's `rule` for an MCP call: the tools it calls, bounded in count and length."""
+    names = [name[:LOG_TOOL_NAME] for name in tools[:LOG_TOOLS]]
+    more = f" (+{len(tools) - LOG_TOOLS} more)" if len(tools) > LOG_TOOLS else ""
+    return f"{rule}: {', '.join(names)}{more}"
 
 
 @dataclass(frozen=True)
@@ -61,9 +80,14 @@ async def read_call(request: web.Request, service: ServiceConfig, decision: Deci
     """Read and price a POST on the MCP path; None for anything else (streamed as usual)."""
     if service.mcp is None or decision.rule is not service.mcp.rule or request.method != "POST":
         return None
-    body = await read_bounded(request, service.max_body)
-    messages, batch = parse_messages(body)
-    return price_messages(service.mcp, body, messages, batch)
+    raw = await read_raw(request, service.max_body)
+    # Priced on what the upstream will read (the decoded body), forwarded as sent (`raw`).
+    messages, batch = parse_messages(await decoded(raw, request.headers.get("Content-Encoding"), service.max_body))
+    if len(messages) > service.mcp.max_batch:
+        # Why before pricing: the work of pricing (and of answering a refusal) grows with the batch.
+        raise Problem(400, "bad_request", f"a JSON-RPC batch holds at most {service.mcp.max_batch} messages "
+                      f"here (got {len(messages)})")
+    return price_messages(service.mcp, raw, messages, batch)
 
 
 def price_messages(mcp: McpConfig, body: bytes, messages: list[Any], batch: bool) -> McpCall:
@@ -87,23 +111,11 @@ def price_messages(mcp: McpConfig, body: bytes, messages: list[Any], batch: bool
 
 def parse_messages(body: bytes) -> tuple[list[Any], bool]:
     """The JSON-RPC messages of a body (a batch is a list); Problem 400 if it is not JSON."""
-    try:
-        data = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
-        # Why refuse instead of forwarding free: what is not priced here must not run there.
-        raise Problem(400, "bad_request", f"an MCP request body is JSON-RPC in UTF-8 JSON ({exc})") from None
+    # Why refuse instead of forwarding free: what is not priced here must not run there.
+    data = client_json.loads(body, "an MCP request body is JSON-RPC in UTF-8 JSON")
     if isinstance(data, list):
         return data, True
     return [data], False
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Why: with {"method": "tools/list", "method": "tools/call"} a parser that keeps the first
-    # key and one that keeps the last disagree on what runs; such a body is refused.
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError("duplicate key in a JSON object")
-    return dict(pairs)
 
 
 class JsonRpcRefusal(Problem):
@@ -124,9 +136,12 @@ def render_refusal(problem: Problem, request_id: str) -> web.Response:
     if problem.status == 402 and checkout:
         message += f"; buy credits at {checkout}"
     # Why the HTTP status as the error code: outside JSON-RPC's reserved range, and the same
-    # number the HTTP layer already shows (402: payment required).
-    errors = [{"jsonrpc": "2.0", "id": rid, "error": {"code": problem.status, "message": message, "data": details}}
-              for rid in problem.ids]
+    # number the HTTP layer already shows (402: payment required). Why the full problem only
+    # once: one copy per id made a refused batch answer megabytes; the others name its code.
+    short = {"code": problem.code, "request_id": request_id}
+    errors = [{"jsonrpc": "2.0", "id": rid, "error": {"code": problem.status, "message": message,
+                                                      "data": details if i == 0 else short}}
+              for i, rid in enumerate(problem.ids)]
     return web.Response(status=problem.status, body=json.dumps(errors if problem.batch else errors[0]).encode(),
                         content_type="application/json", headers={"X-Request-Id": request_id, **problem.headers})
 

@@ -3,13 +3,23 @@
 Log lines carry what an operator needs to explain a decision, and never a
 token or a secret: the pipeline passes only the fields of its `Outcome`.
 Logs are JSON by default and a human-readable console format on a terminal.
+Writing a log line never fails a request: a write that fails (stdout gone,
+disk full, a non-blocking pipe full) is counted and dropped. Records of the
+standard `logging` module (aiohttp, asyncio) go through the same renderer, so
+the output is one JSON object per line, tracebacks included (as JSON).
+
+Known limit: stdout is written synchronously; when the reader of a pipe stops
+reading and its buffer fills, a write blocks the event loop until it drains
+(a bounded, non-blocking writer is another change).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Callable, Mapping
+import threading
+from typing import Any, Callable, Mapping, TextIO
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -18,22 +28,115 @@ from prometheus_client.core import CounterMetricFamily
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+class LineWriter:
+    """Writes whole log lines to a text stream; a failed write is counted and dropped, never raised.
+
+    Why: a request must never fail because its log line could not be written (a closed terminal
+    answers EPIPE to every write; a full disk ENOSPC; a full non-blocking pipe EAGAIN)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()  # whole lines, also when a worker thread logs
+        self._gone = False
+        self.errors = 0
+
+    def write_line(self, line: str) -> None:
+        with self._lock:
+            if self._gone:
+                self.errors += 1  # the reader is gone for good: the line is dropped
+                return
+            try:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            except BrokenPipeError:
+                # The read end is closed and never comes back: stop writing, and point the file
+                # descriptor at /dev/null so that Python's own flush at exit does not fail either.
+                self.errors += 1
+                self._gone = True
+                self._discard()
+            except (OSError, ValueError):  # ENOSPC, EAGAIN, a closed file: this line is lost
+                self.errors += 1
+
+    def _discard(self) -> None:
+        try:
+            fd = self._stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+        except (OSError, ValueError, AttributeError):  # not a real file (a test's buffer)
+            return
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+
+
+class _SafeLogger:
+    """structlog's final logger: every method writes one rendered line through a LineWriter."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        self._writer = writer
+
+    def msg(self, message: str) -> None:
+        self._writer.write_line(message)
+
+    log = debug = info = warn = warning = error = err = fatal = exception = critical = failure = msg
+
+
+class _ToStructlog(logging.Handler):
+    """Standard `logging` records (aiohttp, asyncio, warnings) rendered by structlog, one line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info and record.exc_info[0] is not None:
+                fields["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **fields)
+        except Exception:  # noqa: BLE001 - a log record must never raise into the code that logged it
+            pass
+
+
+_writer: LineWriter | None = None
+_malformed: dict[str, int] = {}  # malformed requests answered by aiohttp's protocol layer, by code
+
+
+def log_write_errors() -> int:
+    """Log lines that could not be written by this process (see LineWriter)."""
+    return _writer.errors if _writer is not None else 0
+
+
+def count_malformed(code: str) -> None:
+    """One more request refused before it reached any app (bad request line, header, body framing)."""
+    _malformed[code] = _malformed.get(code, 0) + 1
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """`fmt`: json, console, or auto (console when stdout is a terminal, JSON otherwise)."""
+    global _writer
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
     renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()) if console else structlog.processors.JSONRenderer()
+    errors = _writer.errors if _writer is not None else 0
+    _writer = LineWriter(sys.stdout)
+    _writer.errors = errors  # a counter: re-configuring does not reset it
+    writer = _writer
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks if not console else structlog.processors.format_exc_info,
+            # Why no locals: a frame's local variables can hold a token or a secret.
+            (structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+             if not console else structlog.processors.format_exc_info),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=lambda *args: _SafeLogger(writer),
         cache_logger_on_first_use=True,
     )
+    # Why: aiohttp and asyncio log through `logging`; without this their records are multi-line
+    # plain text (tracebacks) on stderr, outside the one-JSON-object-per-line contract.
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _ToStructlog)] + [_ToStructlog()]
+    root.setLevel(logging.getLevelName(level.upper()))
+    logging.captureWarnings(True)
 
 
 class _StatsCollector:
@@ -75,6 +178,11 @@ class Metrics:
                                     "Age of the oldest charge not yet burned (0: none pending)", registry=r)
         self.chain_up = Gauge("gateway_chain_last_success_age_seconds", "Seconds since a chain's RPC last answered",
                               ["chain"], registry=r)
+        # Process-wide facts (not one app's): read at scrape time.
+        r.register(_StatsCollector("gateway_log_write_errors", "Log lines that could not be written (and were dropped)",
+                                   [], lambda: {(): log_write_errors()}))
+        r.register(_StatsCollector("gateway_malformed_requests", "Malformed requests refused before routing, by code",
+                                   ["code"], lambda: dict(_malformed)))
 
     def watch(self, name: str, doc: str, label: str, stats: Callable[[], Mapping[str, int]]) -> None:
         """Publish counters kept elsewhere (e.g. the plan cache's hits, misses, coalesced calls)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import cors, mcp
 from gateway.config import GatewayConfig, ServiceConfig
@@ -27,7 +28,7 @@ from gateway.problems import Problem, render
 from gateway.public_url import public_base
 from gateway.routing import Decision, ServiceRouter, classify, normalize_path
 from gateway.tokens import TokenVerifier
-from gateway.upstream import Upstream, target_url
+from gateway.upstream import Handover, Upstream, carried_through, target_url
 from gateway.websocket import is_websocket, proxy_websocket
 
 log = structlog.get_logger("gateway.access")
@@ -87,6 +88,10 @@ class Pipeline:
             except Problem as problem:
                 out.code = problem.code
                 response = mcp.render_refusal(problem, out.request_id)  # problem JSON (JSON-RPC for MCP calls)
+            except RequestPayloadError:
+                # The body's framing broke (a bad chunk): the client's fault, not a bug (edge_errors).
+                out.code = "bad_request"
+                response = render(Problem(400, "bad_request", "malformed request body"), out.request_id)
             except Exception:
                 # A bug, not a decision: answer in the same problem format and keep the traceback.
                 log.exception("unhandled_error", request_id=out.request_id)
@@ -146,37 +151,56 @@ class Pipeline:
         subscriber = out.subscriber = await self._authenticate(request, service, decision)
         if subscriber == service.owner:
             return Admitted(subscriber)  # the owner's own calls are free, never charged
+        if mcp.is_free(service, decision, request.method):
+            return Admitted(subscriber)  # an MCP event stream or session end: no tool runs, nothing held
         call = await mcp.read_call(request, service, decision)  # an MCP POST: priced by its tools
         if call is not None and call.tools:
-            out.rule = f"{out.rule}: {', '.join(call.tools)}"
+            out.rule = mcp.log_rule(out.rule, call.tools)  # bounded: a batch may name many tools
         return Admitted(subscriber, await self._reserve(request, service, decision, subscriber, out, call), call)
 
     async def _forward(self, request: web.Request, service: ServiceConfig, path: str, query: str,
                        admitted: Admitted, out: Outcome) -> web.StreamResponse:
         """Send upstream; charge on its status line (or release); relay its answer as it streams."""
         hold, call = admitted.hold, admitted.call
-        headers = upstream_request_headers(
-            request.headers, service, peer=request.remote, public_host=request.headers.get("Host", ""),
-            public_scheme=self.config.public_scheme, req_id=out.request_id, subscriber=admitted.subscriber,
-        )
-        url = target_url(service, path, query)
-        try:
+        try:  # from here on, every way out charges or releases the hold
+            headers = upstream_request_headers(
+                request.headers, service, peer=request.remote, public_host=request.headers.get("Host", ""),
+                public_scheme=self.config.public_scheme, req_id=out.request_id, subscriber=admitted.subscriber,
+                trusted_proxies=self.config.trusted_proxies,
+            )
+            url = target_url(service, path, query)
             if is_websocket(request):
                 return await proxy_websocket(request, self.upstream.session, url, headers, service.timeout,
                                              on_open=lambda: self._charge(hold, 200, {}, out))
-            upstream = await self.upstream.send(request, service, url, headers, call.body if call else None)
+            handover = Handover()
+            sending = self._send_and_charge(request, service, url, headers, admitted, out, handover)
+            if hold is None:  # nothing to charge: a client that leaves simply cuts the call off
+                upstream, credit_headers = await sending
+            else:  # a metered call the upstream has in full is carried through, and paid
+                upstream, credit_headers = await carried_through(
+                    sending, handover, abandon=lambda result: result[0].release(), request_id=out.request_id)
         except BaseException:
-            await self.meter.release(hold)  # refused, unreachable, timed out, or the client left
-            raise
-        out.upstream_status = upstream.status
-        try:
-            credit_headers = await self._charge(hold, upstream.status, upstream.headers, out)
-        except BaseException:
-            upstream.release()
+            await self.meter.release(hold)  # refused, unreachable, timed out, or the client left early
             raise
         strip = frozenset({hold.price.header.lower()}) if hold and hold.price.is_dynamic else frozenset()
         extra = {"X-Request-Id": out.request_id, **credit_headers, **cors.answer_headers(request, upstream.headers)}
         return await self.upstream.relay(request, upstream, extra, strip | cors.strip_upstream(request))
+
+    async def _send_and_charge(self, request: web.Request, service: ServiceConfig, url, headers,
+                               admitted: Admitted, out: Outcome, handover: Handover):
+        """Send the request; on the upstream's status line charge a 2xx (or release the hold)."""
+        call = admitted.call
+        upstream = await self.upstream.send(request, service, url, headers, call.body if call else None, handover)
+        handover.done = True  # the upstream answered: whatever it did is done
+        out.upstream_status = upstream.status
+        try:
+            return upstream, await self._charge(admitted.hold, upstream.status, upstream.headers, out)
+        except Problem as problem:
+            upstream.release()
+            raise call.refusal(problem) if call else problem  # a refused MCP call is answered in JSON-RPC
+        except BaseException:
+            upstream.release()
+            raise
 
     @staticmethod
     def _classify(service: ServiceConfig, method: str, path: str) -> Decision:

@@ -3,7 +3,8 @@
 SPEC §4. The path returned by `normalize_path` is both the string the endpoint rules are matched
 against and the string forwarded upstream, so what is authorized is exactly what is forwarded.
 Anything that could make the upstream read a different path than the one authorized (encoded
-`/` or `\\`, control characters, dot segments above the root, ...) is refused with 400.
+`/` or `\\`, control characters, dot segments above the root, an escaped `%` that a second
+decoding would turn into another escape such as `%252e`, overlong UTF-8, ...) is refused with 400.
 Everything here is pure and synchronous; the host table and the rule regexes are built once.
 """
 
@@ -108,6 +109,7 @@ def normalize_path(raw_path: str) -> str:
     if not raw_path.startswith("/"):
         _bad(f"the path must start with '/' (got {raw_path[:40]!r})")
     text = _canonical_escapes(raw_path)
+    _refuse_hidden_escapes(text)
     out: list[str] = []
     segments = text[1:].split("/")
     for i, segment in enumerate(segments):
@@ -178,6 +180,28 @@ def _canonical_escapes(raw: str) -> str:
             out.append("".join(f"%{byte:02X}" for byte in data))
         i += 1
     return "".join(out)
+
+
+# An escaped '%' that decoding once turns into the start of another escape: "%252e" -> "%2e" -> ".".
+# Checked on the canonical text, where unreserved escapes are already decoded, so "%25%32%65" is
+# caught as "%252e". "%25" then two hex digits covers every further level too ("%25252e" starts
+# with "%2525"); "%25u" is IIS's "%u002e" spelling of a second-level escape.
+_DOUBLE_ESCAPE = re.compile(r"%25(?:[0-9A-Fa-f]{2}|[uU])")
+# Overlong UTF-8 (C0/C1 lead bytes, E0 80-9F, F0 80-8F): never valid, yet old decoders read
+# "%C0%AE" as "." and "%C0%AF" as "/".
+_OVERLONG = re.compile(r"%C[01]|%E0%[89]|%F0%8")
+
+
+def _refuse_hidden_escapes(text: str) -> None:
+    """Refuse what a second decoding (or a lax UTF-8 decoder) upstream would read as other characters."""
+    if match := _DOUBLE_ESCAPE.search(text):
+        # Why: an upstream (or a proxy chain) that decodes twice reads "/open/%252e%252e/paid" as "/paid",
+        # and "/%2570aid" as "/paid", while here it is one plain segment under an open rule. Only an
+        # escaped '%' that would start another escape is refused: "100%25" or "%25off" stay valid.
+        _bad(f"double-encoded escape {match.group(0)!r} at offset {match.start()} of the canonical path")
+    if match := _OVERLONG.search(text):
+        # Why: an overlong UTF-8 sequence is a second spelling of an ASCII '.', '/' or '\\' for lax decoders.
+        _bad(f"overlong UTF-8 escape {match.group(0)!r} at offset {match.start()} of the canonical path")
 
 
 def _bad(detail: str) -> NoReturn:

@@ -8,10 +8,14 @@ signature spends it, and kept until it expires. A restart changes nothing (secre
 nonces are on disk), so a nonce can never be used twice.
 
 `SignIn.login` checks, in this order, and refuses with the first failure: the EIP-4361 grammar
-(400 `invalid_siwe_message`), domain and URI against the request, chain id against the plan,
-the message's time window, the nonce (issued by us, unexpired), the signature (EIP-191 by the
-address, else EIP-1271 `isValidSignature` when the address is a contract), and finally spends
-the nonce (`nonce_reused` when it was already spent). Then the own issuer signs a token.
+(400 `invalid_siwe_message`), domain and URI against the service's public address
+(`gateway.signin_address`), chain id against the plan, the message's time window, the nonce
+(issued by us, unexpired), the signature (EIP-191 by the address, else EIP-1271
+`isValidSignature` when the address is a contract), and finally spends the nonce
+(`nonce_reused` when it was already spent). Then the own issuer signs a token, and
+only then is the balance read from the chain (an unproven address costs no chain read).
+
+Both sign-in endpoints first pass `SigninRateLimit` (gateway.signin_rate): 429 `rate_limited`.
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ import hmac
 import os
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from aiohttp import web
 from eth_abi import encode
 from eth_account import Account
 from eth_account.messages import defunct_hash_message, encode_defunct
 from eth_utils import to_checksum_address
 
+from gateway import client_json
 from gateway.chain_rpc import ChainUnavailable, JsonRpcClient, RpcError
 from gateway.config import GatewayConfig, ServiceConfig
 from gateway.database import SqliteDatabase
@@ -37,10 +42,11 @@ from gateway.own_issuer import OwnIssuer
 from gateway.plans import PlanChecker
 from gateway.problems import Problem
 from gateway.revocation import migrate_auth
-from gateway.siwe import Authority, SiweError, parse, parse_authority, split_uri, timestamp
+from gateway.signin_address import Origin, PublicAddress
+from gateway.signin_rate import SigninRateLimit
+from gateway.siwe import SiweError, parse, timestamp
 
 ERC1271_IS_VALID_SIGNATURE = bytes.fromhex("1626ba7e")  # isValidSignature(bytes32,bytes), also the magic value
-DEFAULT_PORTS = {"http": "80", "https": "443"}
 _NONCE_BYTES, _MAC_BYTES = 20, 16  # 8-byte expiry + 12 random; truncated HMAC-SHA256
 
 
@@ -104,12 +110,14 @@ class NonceBook:
             raise Problem(401, "nonce_reused", "this nonce was already used; get a new one and sign again")
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where the client reached us: the scheme the gateway is served with and the Host header."""
-
-    scheme: str
-    host: str
+def parse_login_body(body: bytes) -> tuple[str, str]:
+    """(message, signature) of a `POST /.gateway/login` body; Problem 400 otherwise."""
+    hint = 'send JSON {"message": "<EIP-4361 text>", "signature": "0x..."}'
+    data = client_json.loads(body, hint)
+    if not isinstance(data, dict) or not isinstance(data.get("message"), str) \
+            or not isinstance(data.get("signature"), str):
+        raise Problem(400, "bad_request", hint)
+    return data["message"], data["signature"]
 
 
 class SignIn:
@@ -120,6 +128,11 @@ class SignIn:
         self.config, self.issuer, self.nonces, self.plans = config, issuer, nonces, plans
         self._readers, self._clock = readers, clock
         self._leeway = config.tokens.leeway
+        self.rate = SigninRateLimit(config.tokens.signin_rate, config.trusted_proxies)
+
+    def admit(self, request: web.Request) -> None:
+        """Count one sign-in request (nonce or login) of the client's address; Problem 429 above the rate."""
+        self.rate.check(request)
 
     async def login(self, service: ServiceConfig, origin: Origin, text: str, signature: str) -> dict[str, Any]:
         plan = service.plan
@@ -129,8 +142,9 @@ class SignIn:
             message = parse(text)
         except SiweError as exc:  # Why: only the exact EIP-4361 text is what wallets show and users approve.
             raise Problem(400, "invalid_siwe_message", f"not an EIP-4361 message: {exc}") from None
-        _check_domain(message.scheme, message.domain, origin)
-        _check_uri(message.uri, origin)
+        public = PublicAddress.of(self.config, service, origin)
+        public.check_domain(message.scheme, message.domain)
+        public.check_uri(message.uri)
         chain_id = self.config.chains[plan.chain].chain_id
         if message.chain_id != chain_id:
             # Why: the plan (and any EIP-1271 wallet) lives on this chain; a signature for another is not ours.
@@ -206,37 +220,3 @@ def _signature_bytes(signature: str) -> bytes:
         return bytes.fromhex(text)
     except ValueError:
         raise Problem(401, "bad_signature", "the signature must be 0x-prefixed hex bytes") from None
-
-
-def _endpoint(scheme: str, authority: Authority) -> tuple[str, str]:
-    """(host, port) with the default port of the scheme filled in; host lower-case, no final dot."""
-    host = authority.host.lower()
-    host = host[:-1] if host.endswith(".") else host
-    return host, authority.port or DEFAULT_PORTS.get(scheme, "")
-
-
-def _request_endpoint(origin: Origin) -> tuple[str, str]:
-    try:
-        return _endpoint(origin.scheme, parse_authority(origin.host, "Host"))
-    except SiweError:
-        raise Problem(400, "bad_request", "the Host header is not a valid host[:port]") from None
-
-
-def _check_domain(scheme: str | None, domain: str, origin: Origin) -> None:
-    """The message's [scheme://]domain must be where the client reached us (EIP-4361 domain binding)."""
-    authority = parse_authority(domain)
-    # Why: a message signed for another site (phishing) or another service must not log in here.
-    # A missing scheme means the scheme we are served with (we know it; the EIP's https default is
-    # for wallets); a missing port means that scheme's default. The userinfo is never ours.
-    if (scheme is not None and scheme.lower() != origin.scheme) or authority.userinfo is not None \
-            or _endpoint(scheme or origin.scheme, authority) != _request_endpoint(origin):
-        raise Problem(401, "domain_mismatch", f"the message's domain must be {origin.scheme}://{origin.host}, "
-                      "where it is being signed in")
-
-
-def _check_uri(uri: str, origin: Origin) -> None:
-    scheme, authority, _ = split_uri(uri)
-    # Why: the URI names the resource the subscriber agrees to sign in to; it must be this service.
-    if scheme.lower() != origin.scheme or authority is None or authority.userinfo is not None \
-            or _endpoint(origin.scheme, authority) != _request_endpoint(origin):
-        raise Problem(401, "uri_mismatch", f"the message's URI must be on {origin.scheme}://{origin.host}")

@@ -10,6 +10,12 @@ from conftest import START_CREDITS, SUBSCRIBER
 from test_crash_safety import Served
 
 
+def wait_until_both_workers_listen(served: Served) -> None:
+    """Both workers accept connections (a worker that is not listening yet gets none of them)."""
+    for worker in (0, 1):
+        served.child.wait_for(rf'(?=.*"event": "listening")(?=.*"worker": {worker}\b)', timeout=30)
+
+
 def test_two_workers_never_spend_more_than_the_balance(chain, plugin, signing_key, tmp_path):
     served = Served(chain, plugin, signing_key, tmp_path)
     data = yaml.safe_load(served.path.read_text())
@@ -17,7 +23,7 @@ def test_two_workers_never_spend_more_than_the_balance(chain, plugin, signing_ke
     served.path.write_text(yaml.safe_dump(data))
     served.start()
     try:
-        served.child.wait_for(r'"worker": 1', timeout=30)  # both workers listen
+        wait_until_both_workers_listen(served)
         with ThreadPoolExecutor(max_workers=10) as pool:
             results = list(pool.map(lambda _: served.call("/query", {"queries": [{"query": "love"}]}),
                                     range(5 * START_CREDITS)))
@@ -51,7 +57,7 @@ def test_two_workers_read_a_new_subscribers_balance_from_the_chain_once(chain, p
     served.path.write_text(yaml.safe_dump(data))
     served.start()
     try:
-        served.child.wait_for(r'"worker": 1', timeout=30)
+        wait_until_both_workers_listen(served)
         with ThreadPoolExecutor(max_workers=16) as pool:
             results = list(pool.map(lambda _: served.call("/query", {"queries": [{"query": "love"}]}), range(40)))
         served_by = {line.split('"worker": ')[1][0] for line in served.child.lines if '"event": "request"' in line}

@@ -6,6 +6,10 @@ replicas implements the same methods with the same atomicity.
 
 Money rules the implementations keep:
 - `reserve` is atomic: balance - unsettled charges - open reservations >= amount, or refused.
+- a hold lives `ttl` seconds unless `extend`ed; its owner renews it while its call is in flight,
+  so only a hold whose process died (or stalled for a whole ttl) expires.
+- `charge` takes only what is still reserved: a reservation that expired (its credits possibly
+  reserved again by another call) is never charged; `ReservationExpired` is raised instead.
 - a charge is durable once `charge` returns (the client sees it only after).
 - a charge is in at most one live settlement; it is settled exactly once.
 """
@@ -63,6 +67,14 @@ class InsufficientCredits(Exception):
         self.shortfall = shortfall  # > 0: an unpaid shortfall blocks the account
 
 
+class ReservationExpired(Exception):
+    """The reservation to charge is gone (expired, possibly re-reserved by another call): nothing charged."""
+
+    def __init__(self, reservation_id: str) -> None:
+        super().__init__(f"reservation {reservation_id} expired before it was charged")
+        self.reservation_id = reservation_id
+
+
 class Ledger(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -70,6 +82,7 @@ class Ledger(Protocol):
     # request path
     async def reserve(self, account: Account, service: str, amount: int, balance: int, balance_read_at: float,
                       request_id: str, ttl: float) -> Reservation: ...
+    async def extend(self, reservation_id: str, ttl: float) -> bool: ...
     async def release(self, reservation_id: str) -> None: ...
     async def charge(self, reservation: Reservation, amount: int, balance: int, balance_read_at: float) -> int: ...
     async def available(self, account: Account, balance: int, balance_read_at: float) -> int: ...

@@ -13,7 +13,7 @@ import uuid
 from typing import Any, Callable
 
 from gateway.database import SqliteDatabase, rows
-from gateway.ledger import Account, InsufficientCredits, PendingGroup, Reservation, Settlement
+from gateway.ledger import Account, InsufficientCredits, PendingGroup, Reservation, ReservationExpired, Settlement
 
 MIGRATIONS = [
     """
@@ -140,21 +140,38 @@ class SqliteLedger:
 
         return await self.db.run(available)
 
+    async def extend(self, reservation_id: str, ttl: float) -> bool:
+        """Push a live hold's expiry to now + ttl; False if it is gone or already expired."""
+        def extend(conn: sqlite3.Connection) -> bool:
+            now = self.clock()
+            # Why only an unexpired row: once expired its credits may be held by another call.
+            return conn.execute("UPDATE reservations SET expires_at = ? WHERE id = ? AND expires_at >= ?",
+                                (now + ttl, reservation_id, now)).rowcount == 1
+
+        return await self.db.transaction(extend, durable=False)
+
     async def release(self, reservation_id: str) -> None:
         await self.db.transaction(lambda conn: conn.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)),
                                   durable=False)
 
     async def charge(self, reservation: Reservation, amount: int, balance: int, balance_read_at: float) -> int:
-        """Turn the reservation into a charge of `amount` (<= reserved); return credits remaining."""
+        """Turn the reservation into a charge of `amount` (<= reserved); return credits remaining.
+
+        Raises `ReservationExpired` (nothing charged) if the reservation is gone or expired."""
         if not 0 <= amount <= reservation.amount:
             raise ValueError(f"charge {amount} outside 0..{reservation.amount}")
 
         def charge(conn: sqlite3.Connection) -> int:
             now = self.clock()
-            row = conn.execute("SELECT service, request_id FROM reservations WHERE id = ?", (reservation.id,)).fetchone()
-            # Even if the reservation expired meanwhile, the call was served: it is charged.
-            service, request_id = (row["service"], row["request_id"]) if row else ("?", "?")
+            row = conn.execute("SELECT service, request_id, expires_at FROM reservations WHERE id = ?",
+                               (reservation.id,)).fetchone()
             conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
+            if row is None or row["expires_at"] < now:
+                # Why refuse: an expired hold no longer counts against the balance, so its credits
+                # may have been reserved (and charged) by another call; charging it too would
+                # spend the same credit twice.
+                raise ReservationExpired(reservation.id)
+            service, request_id = row["service"], row["request_id"]
             conn.execute(
                 "INSERT INTO charges (reservation_id, request_id, chain_id, contract, token_id, subscriber, service,"
                 " amount, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
