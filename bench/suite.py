@@ -150,7 +150,7 @@ def tree_memory(pid: int) -> dict[str, Any]:
 
 
 def listening_sockets(port: int) -> int:
-    """How many sockets LISTEN on `port` (one per gateway worker with SO_REUSEPORT)."""
+    """How many sockets LISTEN on `port` (the gateway's workers share one)."""
     n = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -187,10 +187,11 @@ class Nginx:
 
 
 class GatewayChild(Child):
-    """`gateway serve`, ready when admin /healthz answers 200 AND every worker listens.
+    """`gateway serve`, ready when admin /healthz answers 200 AND the public port listens.
 
     Records `startup`: seconds from just before the process was started to the first /healthz 200,
-    and to all `workers` sockets listening on the public port. Polled with a deadline, pausing
+    and to the public socket listening (bound once by the parent and shared by the workers, which
+    take connections from it as each gets ready; slot 0 answers /healthz). Polled with a deadline, pausing
     5 ms between attempts on the child itself (returns at once if it exits)."""
 
     def __init__(self, cmd: list[str], admin_port: int, port: int, workers: int, env: dict[str, str] | None = None,
@@ -212,8 +213,8 @@ class GatewayChild(Child):
                             self.startup["healthz_s"] = now
                 except (OSError, urllib.error.URLError):
                     pass
-            if "all_workers_listening_s" not in self.startup and listening_sockets(self.public_port) >= self.workers:
-                self.startup["all_workers_listening_s"] = now
+            if "public_listening_s" not in self.startup and listening_sockets(self.public_port) >= 1:
+                self.startup["public_listening_s"] = now
             if len(self.startup) == 2:
                 self.startup["ready_s"] = max(self.startup.values())
                 return None

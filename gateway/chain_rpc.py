@@ -137,7 +137,7 @@ class JsonRpcClient:
             raise _Skip(type(exc).__name__) from None
         try:
             answer = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # a hostile node may nest deeply: a skip, not a crash
             raise _Skip(f"HTTP {status}, body is not JSON") from None
         if not isinstance(answer, dict) or not ("result" in answer or "error" in answer):
             raise _Skip(f"HTTP {status}, body is not a JSON-RPC response")

@@ -142,7 +142,7 @@ def _manifest(fetched: _Fetched, path: str) -> dict[str, Any]:
         raise fetched.problem
     try:
         manifest = json.loads(fetched.text)
-    except ValueError:
+    except (ValueError, RecursionError):  # the owner's upstream, but bad nesting is a 502, not a crash
         raise _bad(f"the upstream's {path} is not JSON") from None
     if not isinstance(manifest, dict):
         raise _bad(f"the upstream's {path} is not a JSON object")
@@ -210,7 +210,7 @@ def rewrite_openapi(document: _Fetched, origins: set[tuple[str, str, int]], base
     yaml.width = 4096
     try:
         tree = json.loads(document.text) if is_json else yaml.load(document.text)
-    except (ValueError, YAMLError):
+    except (ValueError, YAMLError, RecursionError):
         raise _bad(f"the upstream's {path} is not {'JSON' if is_json else 'YAML'}") from None
     if not isinstance(tree, dict):
         raise _bad(f"the upstream's {path} is not an OpenAPI document")
