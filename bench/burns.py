@@ -47,10 +47,10 @@ import aiohttp  # noqa: E402
 from eth_account import Account  # noqa: E402
 
 from bench.latency import QUERY_BODY, TOKEN_ID, Child, machine, publish  # noqa: E402
-from gateway.config_loader import load_config  # noqa: E402
-from gateway.demo import HOST  # noqa: E402
-from gateway.devchain import DEV_ACCOUNTS, Anvil, DevChain, free_port  # noqa: E402
-from gateway.own_issuer import OwnIssuer, generate_signing_key  # noqa: E402
+from gateway.config.load import load_config  # noqa: E402
+from gateway.dev.demo import HOST  # noqa: E402
+from gateway.dev.chain import DEV_ACCOUNTS, Anvil, DevChain, free_port  # noqa: E402
+from gateway.auth.issuer import OwnIssuer, generate_signing_key  # noqa: E402
 
 OPERATOR, OPERATOR_KEY = DEV_ACCOUNTS[0]
 CONFIG = REPO / "config" / "gateway.yaml"

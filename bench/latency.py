@@ -45,10 +45,10 @@ if str(REPO) not in sys.path:  # `python bench/latency.py` puts bench/, not the 
 
 import aiohttp  # noqa: E402
 
-from gateway.demo import HOST, SUBSCRIBER  # noqa: E402
-from gateway.devchain import Anvil, DevChain, free_port  # noqa: E402
-from gateway.devprocess import ChildProcess  # noqa: E402
-from gateway.own_issuer import generate_signing_key  # noqa: E402
+from gateway.dev.demo import HOST, SUBSCRIBER  # noqa: E402
+from gateway.dev.chain import Anvil, DevChain, free_port  # noqa: E402
+from gateway.dev.process import ChildProcess  # noqa: E402
+from gateway.auth.issuer import generate_signing_key  # noqa: E402
 
 QUERY_BODY = json.dumps({"queries": [{"query": "blue suede"}]}).encode()
 CREDITS = 10**9

@@ -37,8 +37,8 @@ from bench.suite import (  # noqa: E402
     CREDITS, HOST, OPEN_PATH, PAID_PATH, UPSTREAM_BODY, Gateway, Nginx, Target, descendants, gateway_config,
     issue_tokens, mint_many, subscriber_addresses,
 )
-from gateway.devchain import Anvil, DevChain  # noqa: E402
-from gateway.own_issuer import generate_signing_key  # noqa: E402
+from gateway.dev.chain import Anvil, DevChain  # noqa: E402
+from gateway.auth.issuer import generate_signing_key  # noqa: E402
 
 # A sample whose innermost frame is one of these is a thread waiting for work, not working.
 IDLE_LEAVES = ("Runner.run (asyncio/runners.py", "run (uvloop/", "_worker (concurrent/futures/thread.py",

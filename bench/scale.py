@@ -63,8 +63,8 @@ from bench.suite import (  # noqa: E402
     BENCH, CREDITS, HOST, PAID_PATH, BenchFailed, Gateway, Target, code_fingerprint, fingerprint_note, gateway_config,
     issue_tokens, machine_line, mint_many, output_tail, subscriber_addresses, write_results,
 )
-from gateway.devchain import Anvil, DevChain, free_port  # noqa: E402
-from gateway.own_issuer import generate_signing_key  # noqa: E402
+from gateway.dev.chain import Anvil, DevChain, free_port  # noqa: E402
+from gateway.auth.issuer import generate_signing_key  # noqa: E402
 from tests.support.rpc_proxy import RpcProxy  # noqa: E402
 
 SSE_PATH = "/events"

@@ -70,9 +70,9 @@ from eth_account import Account  # noqa: E402
 from web3 import Web3  # noqa: E402
 
 from bench.latency import Child, admin_counters, machine  # noqa: E402
-from gateway.config_loader import load_config  # noqa: E402
-from gateway.devchain import DEV_ACCOUNTS, Anvil, DevChain, free_port, load_artifact  # noqa: E402
-from gateway.own_issuer import OwnIssuer, generate_signing_key  # noqa: E402
+from gateway.config.load import load_config  # noqa: E402
+from gateway.dev.chain import DEV_ACCOUNTS, Anvil, DevChain, free_port, load_artifact  # noqa: E402
+from gateway.auth.issuer import OwnIssuer, generate_signing_key  # noqa: E402
 
 BENCH = REPO / "bench"
 RESULTS_MD = BENCH / "RESULTS.md"

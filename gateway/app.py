@@ -15,24 +15,24 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from gateway.chain_rpc import JsonRpcClient
-from gateway.config import GatewayConfig
-from gateway.database import SqliteDatabase, sqlite_path
-from gateway.gateway_endpoints import GatewayEndpoints
-from gateway.headers import set_server_header
+from gateway.chain.rpc import JsonRpcClient
+from gateway.config.model import GatewayConfig
+from gateway.ledger.database import SqliteDatabase, sqlite_path
+from gateway.http.own_endpoints import GatewayEndpoints
+from gateway.http.headers import set_server_header
 from gateway.ledger.sqlite import SqliteLedger
-from gateway.metering import Meter
-from gateway.observability import Metrics
-from gateway.own_issuer import OwnIssuer
-from gateway.pipeline import Pipeline
-from gateway.plans import PlanChecker
-from gateway.revocation import RevocationList
-from gateway.routing import ServiceRouter
-from gateway.settlement import Settler
-from gateway.shared_balances import SharedBalances
-from gateway.signin import NonceBook, SignIn, open_auth
-from gateway.tokens import TokenVerifier
-from gateway.upstream import Upstream, create_session
+from gateway.credits.meter import Meter
+from gateway.ops.observability import Metrics
+from gateway.auth.issuer import OwnIssuer
+from gateway.http.pipeline import Pipeline
+from gateway.credits.plans import PlanChecker
+from gateway.auth.revocation import RevocationList
+from gateway.http.routing import ServiceRouter
+from gateway.credits.settlement import Settler
+from gateway.credits.shared_balances import SharedBalances
+from gateway.auth.signin import NonceBook, SignIn, open_auth
+from gateway.auth.tokens import TokenVerifier
+from gateway.http.upstream import Upstream, create_session
 
 log = structlog.get_logger("gateway.app")
 PIPELINE = web.AppKey("pipeline", Pipeline)
@@ -47,7 +47,7 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
     """
     # auto_decompress off: a compressed request body is forwarded as the client's very bytes,
     # with its Content-Encoding and Content-Length (SPEC §7); readers that must look inside
-    # (MCP pricing, sign-in) decode it themselves, bounded (gateway/content_coding.py).
+    # (MCP pricing, sign-in) decode it themselves, bounded (gateway/http/content_coding.py).
     app = web.Application(handler_args={"max_field_size": 16384, "auto_decompress": False})
     state: dict = {"config": config, "metrics": metrics or Metrics(), "settle": settle}
     app[STATE] = state

@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.config_loader import ConfigError, load_config
-from gateway.config_values import address, duration
+from gateway.config.load import ConfigError, load_config
+from gateway.config.values import address, duration
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "token":
         return _token_revoke(args) if args.action == "revoke" else _token_issue(args)
     if args.command == "keys":
-        from gateway.own_issuer import generate_signing_key
+        from gateway.auth.issuer import generate_signing_key
 
         try:
             generate_signing_key(Path(args.path), args.type)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "import-openapi":
         return _import_openapi(args)
     if args.command == "demo":
-        from gateway.demo import run_demo
+        from gateway.dev.demo import run_demo
 
         return run_demo(once=args.once, port=args.port)
     return 2
@@ -123,9 +123,9 @@ def _serve(path: str) -> int:
     config = _load(path)
     if config is None:
         return 1
-    from gateway.client_json import cap_recursion_limit
-    from gateway.observability import configure_logging
-    from gateway.server import serve
+    from gateway.http.client_json import cap_recursion_limit
+    from gateway.ops.observability import configure_logging
+    from gateway.process.server import serve
 
     # Why here, after the imports: py_ecc (via eth-account) raised the limit to 100,000 when it was
     # imported, more than the C stack can honour; the workers fork from this process and keep it.
@@ -142,7 +142,7 @@ def _reload(path: str) -> int:
     if config.pid_file is None or not config.pid_file.exists():
         print("no pid_file in the config, or no gateway running with it", file=sys.stderr)
         return 1
-    from gateway.server import signal_reload
+    from gateway.process.server import signal_reload
 
     pid = int(config.pid_file.read_text().strip())
     signal_reload(pid)
@@ -154,7 +154,7 @@ def _token_issue(args) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    from gateway.own_issuer import OwnIssuer
+    from gateway.auth.issuer import OwnIssuer
 
     if config.tokens.own is None:
         print("tokens.own is not configured: the gateway has no key to sign with", file=sys.stderr)
@@ -181,7 +181,7 @@ def _token_revoke(args) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    from gateway.revocation import revoke_command
+    from gateway.auth.revocation import revoke_command
 
     try:
         print(revoke_command(config, jti=args.jti, subscriber=address(args.subscriber) if args.subscriber else None))
@@ -195,7 +195,7 @@ def _ledger_command(args) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    from gateway.usage import resolve_shortfall, usage_report
+    from gateway.ops.usage import resolve_shortfall, usage_report
 
     try:
         subscriber = address(args.subscriber) if args.subscriber else None
@@ -216,7 +216,7 @@ def _ledger_command(args) -> int:
 def _import_openapi(args) -> int:
     import re
 
-    from gateway import openapi_import as oi
+    from gateway.ops import openapi_import as oi
 
     try:
         for pattern in args.exclude:

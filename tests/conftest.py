@@ -18,11 +18,11 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.app import build_app, public_runner
-from gateway.config import GatewayConfig
-from gateway.config_loader import parse_config
-from gateway.devchain import DEV_ACCOUNTS, Anvil, DevChain, free_port
-from gateway.devprocess import ChildProcess
-from gateway.own_issuer import OwnIssuer, generate_signing_key, load_private_key
+from gateway.config.model import GatewayConfig
+from gateway.config.load import parse_config
+from gateway.dev.chain import DEV_ACCOUNTS, Anvil, DevChain, free_port
+from gateway.dev.process import ChildProcess
+from gateway.auth.issuer import OwnIssuer, generate_signing_key, load_private_key
 
 OWNER = DEV_ACCOUNTS[1][0]
 SUBSCRIBER = DEV_ACCOUNTS[2][0]   # holds credits

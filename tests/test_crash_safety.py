@@ -2,7 +2,7 @@
 lost, and nothing is burned twice (balances checked on chain).
 
 The kill points inside settlement are reached with the GATEWAY_CRASH_AT test hook, which
-SIGKILLs the process at that exact step (`gateway.settlement.crash_point`).
+SIGKILLs the process at that exact step (`gateway.credits.settlement.crash_point`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from conftest import DEV_ACCOUNTS, HOST, SUBSCRIBER, START_CREDITS, base_config
-from gateway.database import sqlite_path
-from gateway.devchain import free_port
-from gateway.devprocess import REPO, ChildProcess
-from gateway.own_issuer import OwnIssuer
-from gateway.config_loader import load_config
+from gateway.ledger.database import sqlite_path
+from gateway.dev.chain import free_port
+from gateway.dev.process import REPO, ChildProcess
+from gateway.auth.issuer import OwnIssuer
+from gateway.config.load import load_config
 
 
 class Served:

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import DEV_ACCOUNTS, OWNER, SUBSCRIBER, START_CREDITS, base_config
 from gateway.app import STATE
-from gateway.database import sqlite_path
+from gateway.ledger.database import sqlite_path
 from tests.support.upstreams import HeldUpstream
 
 pytestmark = pytest.mark.asyncio

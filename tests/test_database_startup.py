@@ -7,9 +7,9 @@ import asyncio
 import multiprocessing
 import sqlite3
 
-from gateway.database import SqliteDatabase
+from gateway.ledger.database import SqliteDatabase
 from gateway.ledger.sqlite import MIGRATIONS, SqliteLedger
-from gateway.signin import open_auth
+from gateway.auth.signin import open_auth
 
 PROCESSES = 4
 ROUNDS = 60

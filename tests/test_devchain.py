@@ -1,4 +1,4 @@
-"""gateway.devchain against a real anvil node: deploy, mint, burn, roles, snapshots, EIP-1271, cleanup."""
+"""gateway.dev.chain against a real anvil node: deploy, mint, burn, roles, snapshots, EIP-1271, cleanup."""
 
 import os
 
@@ -9,7 +9,7 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 
-from gateway.devchain import DEV_ACCOUNTS, Anvil, DevChain, anvil_binary, load_artifact
+from gateway.dev.chain import DEV_ACCOUNTS, Anvil, DevChain, anvil_binary, load_artifact
 
 try:
     anvil_binary()

@@ -14,7 +14,7 @@ import brotlicffi
 import pytest
 
 from conftest import SUBSCRIBER, base_config
-from gateway.database import sqlite_path
+from gateway.ledger.database import sqlite_path
 from test_mcp import mcp_config, rpc
 from test_signin import nonce_of, sign, siwe
 from tests.support.edge_upstreams import RawEchoUpstream

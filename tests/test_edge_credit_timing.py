@@ -24,11 +24,11 @@ import yaml
 from structlog.testing import capture_logs
 
 from conftest import BROKE, HOST, base_config
-from gateway.config_loader import load_config
-from gateway.database import SqliteDatabase, sqlite_path
+from gateway.config.load import load_config
+from gateway.ledger.database import SqliteDatabase, sqlite_path
 from gateway.ledger import Account, ReservationExpired
 from gateway.ledger.sqlite import SqliteLedger
-from gateway.own_issuer import OwnIssuer
+from gateway.auth.issuer import OwnIssuer
 from test_crash_safety import Served
 from tests.support.edge import wait_until
 from tests.support.edge_upstreams import WorkUpstream

@@ -5,7 +5,7 @@ The attack: 64 KiB of `[` sent without a token to `POST /.gateway/login` segfaul
 raises the recursion limit to 100,000). Against the real `gateway serve` with 2 workers, the
 real chain, the example plugin and the example MCP server: deep bodies to every JSON-reading
 endpoint are refused with 400 `bad_request`, the gateway answers the next call, and no worker
-died (same pids, no worker started again). Unit tests of `gateway.client_json` beside it.
+died (same pids, no worker started again). Unit tests of `gateway.http.client_json` beside it.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import HOST, SUBSCRIBER
-from gateway import client_json
-from gateway.own_issuer import OwnIssuer
-from gateway.problems import Problem
+from gateway.http import client_json
+from gateway.auth.issuer import OwnIssuer
+from gateway.http.problems import Problem
 from test_crash_safety import Served
 from test_mcp import mcp_upstream  # noqa: F401 - the session fixture: the example MCP server
 
@@ -133,8 +133,8 @@ def test_serve_runs_with_a_recursion_limit_its_c_stack_can_honour(tmp_path):
     config.write_text("{}")  # never read: `load_config` is replaced below
     code = (
         "import json, sys\n"
-        "import gateway.cli as cli, gateway.server as server\n"
-        "import gateway.observability as obs\n"
+        "import gateway.cli as cli, gateway.process.server as server\n"
+        "import gateway.ops.observability as obs\n"
         "obs.configure_logging = lambda *a: None\n"
         "cli._load = lambda path: type('C', (), {'log_level': 'info', 'log_format': 'json'})()\n"
         "def serve(config):\n"
@@ -152,7 +152,7 @@ def test_serve_runs_with_a_recursion_limit_its_c_stack_can_honour(tmp_path):
     assert done.stdout.split("\n")[:2] == [f"limit {client_json.SAFE_RECURSION_LIMIT} True", "recursion error"]
 
 
-# --- gateway.client_json -------------------------------------------------------------------------
+# --- gateway.http.client_json -------------------------------------------------------------------------
 
 
 def nested(depth: int, kind: str = "[") -> bytes:

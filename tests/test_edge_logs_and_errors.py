@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 from conftest import HOST, base_config
-from gateway.devchain import free_port
-from gateway.devprocess import REPO, ChildProcess
-from gateway.headers import SERVER_NAME
-from gateway.observability import LineWriter
+from gateway.dev.chain import free_port
+from gateway.dev.process import REPO, ChildProcess
+from gateway.http.headers import SERVER_NAME
+from gateway.ops.observability import LineWriter
 
 TIMEOUT = 30.0  # a generous deadline for one answer
 
@@ -241,7 +241,7 @@ def test_library_tracebacks_are_one_json_line_without_locals(capsys):
 
     import structlog
 
-    from gateway.observability import configure_logging
+    from gateway.ops.observability import configure_logging
 
     configure_logging("info", "json")
     try:

@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from conftest import BROKE, SUBSCRIBER
-from gateway.database import sqlite_path
+from gateway.ledger.database import sqlite_path
 from test_mcp import mcp_config, mcp_upstream, rpc  # noqa: F401 - mcp_upstream is a fixture
 from tests.support.upstreams import HeldUpstream
 

@@ -15,8 +15,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from conftest import SUBSCRIBER, base_config
-from gateway.problems import Problem
-from gateway.routing import normalize_path
+from gateway.http.problems import Problem
+from gateway.http.routing import normalize_path
 from tests.support.lenient_upstreams import DoubleDecodingUpstream
 
 DOUBLE_ENCODED = [

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from conftest import HOST, SUBSCRIBER
-from gateway.devchain import free_port
-from gateway.devprocess import REPO, ChildProcess
+from gateway.dev.chain import free_port
+from gateway.dev.process import REPO, ChildProcess
 from tests.support.edge import (accepts, descendants_of, gone, listening, served_with, wait_for_workers,
                                 wait_until)
 

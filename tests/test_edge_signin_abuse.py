@@ -28,9 +28,9 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from conftest import HOST, SUBSCRIBER, base_config
-from gateway.database import SqliteDatabase, sqlite_path
-from gateway.shared_balances import PRUNE_BATCH, SharedBalance, SharedBalances
-from gateway.signin_rate import SigninRateLimit
+from gateway.ledger.database import SqliteDatabase, sqlite_path
+from gateway.credits.shared_balances import PRUNE_BATCH, SharedBalance, SharedBalances
+from gateway.auth.signin_rate import SigninRateLimit
 from test_crash_safety import Served
 from test_signin import login, nonce_of, problem, sign, siwe
 from tests.support.rpc_proxy import RpcProxy

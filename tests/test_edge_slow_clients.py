@@ -16,7 +16,7 @@ import urllib.request
 import yaml
 
 from conftest import HOST, SUBSCRIBER, base_config
-from gateway.devprocess import REPO
+from gateway.dev.process import REPO
 from tests.support.edge import served_with, wait_for_workers, wait_until
 
 HALF_HEAD = b"GET / HTTP/1.1\r\nHost: x\r\n"  # a request head never finished

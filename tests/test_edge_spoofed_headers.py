@@ -14,8 +14,8 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from conftest import base_config
-from gateway.config import ServiceConfig, UpstreamAuth
-from gateway.headers import upstream_request_headers
+from gateway.config.model import ServiceConfig, UpstreamAuth
+from gateway.http.headers import upstream_request_headers
 
 # Make the upstream serve another path, method or host: dropped whoever sends them.
 STEERING = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import BROKE, OWNER, SUBSCRIBER, START_CREDITS, base_config
-from gateway.devchain import free_port
+from gateway.dev.chain import free_port
 from tests.support.upstreams import HeldUpstream
 
 pytestmark = pytest.mark.asyncio

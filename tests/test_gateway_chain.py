@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from conftest import BROKE, PASS_HOLDER, SUBSCRIBER, base_config
-from gateway.devchain import DEV_ACCOUNTS, free_port
+from gateway.dev.chain import DEV_ACCOUNTS, free_port
 from tests.support.rpc_proxy import RpcProxy
 
 pytestmark = pytest.mark.asyncio

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from conftest import OWNER, SUBSCRIBER
-from gateway.own_issuer import load_private_key
+from gateway.auth.issuer import load_private_key
 
 pytestmark = pytest.mark.asyncio
 QUERY = {"queries": [{"query": "love"}]}
@@ -64,7 +64,7 @@ async def test_hs256_token_signed_with_the_issuers_public_key_is_refused(gateway
 
 
 async def test_token_signed_by_an_unknown_key_with_an_embedded_jwk_is_refused(gateway, tmp_path):
-    from gateway.own_issuer import generate_signing_key
+    from gateway.auth.issuer import generate_signing_key
 
     generate_signing_key(tmp_path / "attacker.pem", "ES256")
     attacker = load_private_key(tmp_path / "attacker.pem")

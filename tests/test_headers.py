@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.config import ServiceConfig, UpstreamAuth
-from gateway.headers import client_response_headers, request_id, upstream_request_headers
+from gateway.config.model import ServiceConfig, UpstreamAuth
+from gateway.http.headers import client_response_headers, request_id, upstream_request_headers
 
 
 def service(auth: UpstreamAuth) -> ServiceConfig:

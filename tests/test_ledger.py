@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import pytest_asyncio
 
-from gateway.database import SqliteDatabase
+from gateway.ledger.database import SqliteDatabase
 from gateway.ledger import Account, InsufficientCredits
 from gateway.ledger.sqlite import MIGRATIONS, SqliteLedger
 

@@ -13,8 +13,8 @@ import shutil
 import pytest
 
 from conftest import SUBSCRIBER
-from gateway.devchain import DEV_ACCOUNTS
-from gateway.siwe import parse
+from gateway.dev.chain import DEV_ACCOUNTS
+from gateway.auth.siwe import parse
 from tests.test_signin import sign
 
 pytestmark = pytest.mark.asyncio

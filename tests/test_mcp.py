@@ -19,11 +19,11 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from conftest import BROKE, HOST, OWNER, SUBSCRIBER, START_CREDITS, Plugin, base_config, example_server
-from gateway.config import McpConfig
-from gateway.config_loader import ConfigError, parse_config
-from gateway.database import sqlite_path
-from gateway.mcp import parse_messages, price_messages
-from gateway.problems import Problem
+from gateway.config.model import McpConfig
+from gateway.config.load import ConfigError, parse_config
+from gateway.ledger.database import sqlite_path
+from gateway.http.mcp import parse_messages, price_messages
+from gateway.http.problems import Problem
 from tests.support.upstreams import HeldUpstream
 
 TOOLS = {"search": 2, "summarize": {"credits": 5}}  # count_songs: the default (1)

@@ -6,7 +6,7 @@ import json
 
 import structlog
 
-from gateway.observability import configure_logging
+from gateway.ops.observability import configure_logging
 
 
 def emit(capsys, fmt: str) -> str:

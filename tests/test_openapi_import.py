@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from gateway.config_loader import load_config
-from gateway.endpoint_rules import compile_rule
-from gateway.openapi_import import load_document, operations, path_pattern
+from gateway.config.load import load_config
+from gateway.config.rules import compile_rule
+from gateway.ops.openapi_import import load_document, operations, path_pattern
 
 REPO = Path(__file__).resolve().parents[1]
 PETSTORE = REPO / "tests" / "fixtures" / "petstore.yaml"

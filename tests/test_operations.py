@@ -17,8 +17,8 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import DEV_ACCOUNTS, SUBSCRIBER, START_CREDITS, base_config
-from gateway.admin import build_admin_app
-from gateway.devprocess import REPO
+from gateway.ops.admin import build_admin_app
+from gateway.dev.process import REPO
 from test_crash_safety import Served
 from tests.support.rpc_proxy import RpcProxy
 

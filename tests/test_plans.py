@@ -1,4 +1,4 @@
-"""gateway.plans (cached, coalesced, fail-closed balance checks) and gateway.chain_rpc (failover JSON-RPC).
+"""gateway.credits.plans (cached, coalesced, fail-closed balance checks) and gateway.chain.rpc (failover JSON-RPC).
 
 Unit tests use a fake ChainReader and an injected clock; the JsonRpcClient tests talk real HTTP on
 loopback to `RpcProxy` fakes; the last tests run the whole stack against anvil when it is installed.
@@ -16,10 +16,10 @@ import pytest_asyncio
 from eth_abi import encode
 from eth_utils import function_signature_to_4byte_selector
 
-from gateway.chain_rpc import ChainUnavailable, JsonRpcClient, RpcError, redact_url
-from gateway.config import ChainConfig, PlanCacheConfig, PlanConfig
-from gateway.plans import PlanChecker, balance_calldata
-from gateway.problems import Problem
+from gateway.chain.rpc import ChainUnavailable, JsonRpcClient, RpcError, redact_url
+from gateway.config.model import ChainConfig, PlanCacheConfig, PlanConfig
+from gateway.credits.plans import PlanChecker, balance_calldata
+from gateway.http.problems import Problem
 from tests.support.rpc_proxy import JsonRpcFault, RpcProxy
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
@@ -437,7 +437,7 @@ async def test_redact_url_keeps_scheme_host_and_port_only():
 # --- the whole stack against anvil ------------------------------------------------------------------
 
 def _anvil_or_skip():
-    from gateway.devchain import anvil_binary
+    from gateway.dev.chain import anvil_binary
 
     try:
         anvil_binary()
@@ -448,7 +448,7 @@ def _anvil_or_skip():
 @pytest.fixture(scope="module")
 def devchain():
     _anvil_or_skip()
-    from gateway.devchain import Anvil, DevChain
+    from gateway.dev.chain import Anvil, DevChain
 
     with Anvil() as node:
         yield node.rpc_url, DevChain(node.rpc_url)

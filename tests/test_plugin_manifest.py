@@ -15,7 +15,7 @@ from openapi_spec_validator import validate
 from conftest import HOST, base_config
 from tests.support.upstreams import serve_app
 from examples.song_plugin import create_app as create_plugin_app
-from gateway.plugin_manifest import rewrite_url
+from gateway.http.plugin_documents import rewrite_url
 
 DID_HOST = "zparolnv3lqwtjk26xfkgustpbbk9gz9so4x30zfe5v8x8wqs.proxy.localhost"
 USER_HTTP = {"type": "user_http", "authorization_type": "bearer"}

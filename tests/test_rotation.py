@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from conftest import SUBSCRIBER, base_config
-from gateway.own_issuer import generate_signing_key, load_private_key
+from gateway.auth.issuer import generate_signing_key, load_private_key
 from tests.test_signin import problem, sign_in
 
 pytestmark = pytest.mark.asyncio

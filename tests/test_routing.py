@@ -1,4 +1,4 @@
-"""gateway.routing: DID labels, Host -> service, path normalization, endpoint classification."""
+"""gateway.http.routing: DID labels, Host -> service, path normalization, endpoint classification."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import ServiceConfig, UpstreamAuth
-from gateway.endpoint_rules import compile_rule
-from gateway.problems import Problem
-from gateway.routing import Decision, ServiceRouter, classify, did_label, normalize_path
+from gateway.config.model import ServiceConfig, UpstreamAuth
+from gateway.config.rules import compile_rule
+from gateway.http.problems import Problem
+from gateway.http.routing import Decision, ServiceRouter, classify, did_label, normalize_path
 
 NVM_DID = "did:nv:27ca72cfc79dccf35e4e54a54f0ed3e3b04873ce682fd5bf351fe9aa377d68c4"
 NVM_LABEL = "zparolnv3lqwtjk26xfkgustpbbk9gz9so4x30zfe5v8x8wqs"

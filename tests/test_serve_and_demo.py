@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from conftest import SUBSCRIBER, base_config
-from gateway.devchain import free_port
-from gateway.devprocess import REPO, ChildProcess
+from gateway.dev.chain import free_port
+from gateway.dev.process import REPO, ChildProcess
 
 
 def get(url: str, host: str | None = None, token: str | None = None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from eth_abi import encode
 from eth_utils import function_signature_to_4byte_selector as selector
 
-from gateway.settlement import decode_revert
+from gateway.credits.settlement import decode_revert
 
 
 def revert(sig: str, types: list[str], args: list) -> str:

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from conftest import BROKE, HOST, START_CREDITS, SUBSCRIBER, base_config, start_gateway
 from gateway.app import STATE
-from gateway.devchain import DEV_ACCOUNTS
-from gateway.siwe import SiweMessage
+from gateway.dev.chain import DEV_ACCOUNTS
+from gateway.auth.siwe import SiweMessage
 
 KEYS = dict(DEV_ACCOUNTS)
 QUERY = {"queries": [{"query": "love"}]}

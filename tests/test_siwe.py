@@ -1,4 +1,4 @@
-"""gateway.siwe: the EIP-4361 parser accepts exactly the ABNF, and writes back what it read.
+"""gateway.auth.siwe: the EIP-4361 parser accepts exactly the ABNF, and writes back what it read.
 
 Examples come from the EIP itself; the properties are fuzzed with hypothesis: any text either
 parses or raises SiweError (nothing else escapes), and whatever parses is written back to the
@@ -15,7 +15,7 @@ from eth_utils import to_checksum_address
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.siwe import SiweError, SiweMessage, parse, parse_authority, split_uri, timestamp
+from gateway.auth.siwe import SiweError, SiweMessage, parse, parse_authority, split_uri, timestamp
 
 EIP_EXAMPLE = """example.com wants you to sign in with your Ethereum account:
 0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756Cc2

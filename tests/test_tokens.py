@@ -1,6 +1,6 @@
-"""gateway.tokens and gateway.own_issuer: what is accepted, what is refused (and how), key sources,
+"""gateway.auth.tokens and gateway.auth.issuer: what is accepted, what is refused (and how), key sources,
 JWKS fetching against a real loopback HTTP server, the verified-token cache, key rotation of the
-own issuer, and revocation (gateway.revocation on a real SQLite file)."""
+own issuer, and revocation (gateway.auth.revocation on a real SQLite file)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from gateway.config import IssuerConfig, OwnIssuerConfig, ServiceConfig, TokensConfig, UpstreamAuth
-from gateway.database import SqliteDatabase
-from gateway.own_issuer import (
+from gateway.config.model import IssuerConfig, OwnIssuerConfig, ServiceConfig, TokensConfig, UpstreamAuth
+from gateway.ledger.database import SqliteDatabase
+from gateway.auth.issuer import (
     OwnIssuer,
     check_signing_key,
     generate_signing_key,
@@ -33,10 +33,10 @@ from gateway.own_issuer import (
     load_private_key,
     public_key_to_jwk,
 )
-from gateway.problems import Problem, bearer_challenge
-from gateway.revocation import RevocationList, migrate_auth, revoke
-from gateway.jwks import JWKS_REFETCH_INTERVAL
-from gateway.tokens import Subscriber, TokenVerifier
+from gateway.http.problems import Problem, bearer_challenge
+from gateway.auth.revocation import RevocationList, migrate_auth, revoke
+from gateway.auth.jwks import JWKS_REFETCH_INTERVAL
+from gateway.auth.tokens import Subscriber, TokenVerifier
 
 ISS = "https://auth.example.com"
 OWN_ISS = "https://gateway.example.com"

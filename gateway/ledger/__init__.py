@@ -1,8 +1,12 @@
 """The credit ledger: reservations, charges, settlements, shortfalls (SPEC §8).
 
 `Ledger` is the small interface the request path and the settler need; the
-embedded default is `SqliteLedger`. A Redis implementation for several
-replicas implements the same methods with the same atomicity.
+embedded default is `SqliteLedger` (`sqlite`) on `SqliteDatabase` (`database`: one thread,
+group commit, migrations), which also holds the sign-in state and the shared plan balances.
+Another backend (PostgreSQL for replicas: its own issue) implements the same methods with the
+same atomicity.
+
+May import: nothing of the gateway (it is the bottom layer).
 
 Money rules the implementations keep:
 - `reserve` is atomic: balance - unsettled charges - open reservations >= amount, or refused.

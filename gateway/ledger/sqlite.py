@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from gateway.database import SqliteDatabase, rows
+from gateway.ledger.database import SqliteDatabase, rows
 from gateway.ledger import Account, InsufficientCredits, PendingGroup, Reservation, ReservationExpired, Settlement
 
 MIGRATIONS = [

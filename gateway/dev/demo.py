@@ -1,0 +1,193 @@
+"""`gateway demo`: the whole product on one machine, walked through.
+
+Starts a local chain (anvil), deploys the credits plan and mints credits to a
+subscriber, starts the example plugin and the gateway (real processes, on
+loopback), then shows what a client sees: an open endpoint, a protected one
+without a token, with a token but no credits, with credits, over budget; and
+then the settlement: one burn on chain for everything charged.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from gateway.dev.chain import DEV_ACCOUNTS, Anvil, DevChain, free_port
+from gateway.dev.process import REPO, ChildProcess
+from gateway.auth.issuer import generate_signing_key
+
+OWNER, SUBSCRIBER, BROKE = DEV_ACCOUNTS[1][0], DEV_ACCOUNTS[2][0], DEV_ACCOUNTS[3][0]
+HOST = "elvis.proxy.localhost"
+
+
+def call(base: str, method: str, path: str, token: str | None = None, body: dict | None = None):
+    """One HTTP call through the gateway (the Host header picks the service)."""
+    headers = {"Host": HOST, "Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def _show(title: str, status: int, body: bytes, expect: int) -> bool:
+    mark = "ok " if status == expect else "FAIL"
+    text = body.decode(errors="replace")
+    print(f"[{mark}] {title}\n       -> {status} {text[:300]}{'…' if len(text) > 300 else ''}\n")
+    return status == expect
+
+
+def run_demo(once: bool = False, port: int = 0) -> int:
+    """Nothing the demo starts outlives it: Ctrl-C, SIGTERM and SIGHUP (its terminal closed) stop
+    every child here; kill -9 stops them through their parent-death signal (gateway.dev.process)."""
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)  # handled as Ctrl-C: the finally blocks stop the children
+    children: list[ChildProcess] = []
+    work = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    try:
+        with Anvil() as anvil:
+            try:
+                return _walk_through(anvil, work, children, once, port or free_port())
+            finally:
+                for child in reversed(children):
+                    child.stop()
+    except KeyboardInterrupt:  # stopped during the walk-through: children are stopped already
+        return 130
+
+
+def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: bool, port: int) -> int:
+    chain = DevChain(anvil.rpc_url)
+    plan = chain.deploy_credits_plan()
+    chain.mint_credits(plan, SUBSCRIBER, 1, 5)
+    print(f"chain    {anvil.rpc_url} (anvil, chain id {anvil.chain_id})")
+    print(f"plan     CreditsPlan {plan}, token id 1: {SUBSCRIBER} holds 5 credits, {BROKE} holds 0")
+
+    upstream_secret = secrets.token_urlsafe(24)
+    plugin_port = free_port()
+    children.append(ChildProcess(
+        [sys.executable, "-m", "examples.song_plugin", "--port", str(plugin_port)],
+        ready=r"listening on", env={"SONG_PLUGIN_TOKEN": upstream_secret},
+    ))
+    print(f"plugin   http://127.0.0.1:{plugin_port} (the owner's secret is only known to it and the gateway)")
+
+    key_file = work / "signing-key.pem"
+    generate_signing_key(key_file, "ES256")
+    admin_port = free_port()
+    env = {
+        "GATEWAY_LISTEN": f"127.0.0.1:{port}", "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
+        "GATEWAY_SIGNING_KEY_FILE": str(key_file), "CHAIN_RPC_URL": anvil.rpc_url, "PLAN_CONTRACT": plan,
+        "GATEWAY_STATE_DIR": str(work), "GATEWAY_OPERATOR_KEY": DEV_ACCOUNTS[0][1], "GATEWAY_SETTLE_EVERY": "1h",
+        "ELVIS_UPSTREAM": f"http://127.0.0.1:{plugin_port}", "ELVIS_UPSTREAM_TOKEN": upstream_secret,
+    }
+    config = str(REPO / "config" / "gateway.yaml")
+    gateway = ChildProcess([sys.executable, "-m", "gateway", "serve", "--config", config],
+                           ready=r'"event": "listening"', env=env)
+    children.append(gateway)
+    base = f"http://127.0.0.1:{port}"
+    print(f"gateway  {base} (Host: {HOST}), admin http://127.0.0.1:{admin_port}/metrics\n")
+
+    tokens = {}
+    for who in (SUBSCRIBER, BROKE):
+        tokens[who] = ChildProcess(
+            [sys.executable, "-m", "gateway", "token", "issue", "--config", config, "--service", "elvis",
+             "--subscriber", who], ready=r"^ey", env=env).ready_match.string
+    print(f"try it (token of {SUBSCRIBER}):")
+    print(f"  export TOKEN={tokens[SUBSCRIBER]}")
+    print(f"  curl -s -H 'Host: {HOST}' {base}/.well-known/ai-plugin.json")
+    print(f"  curl -s -H 'Host: {HOST}' -H \"Authorization: Bearer $TOKEN\" "
+          f"-H 'Content-Type: application/json' -d '{{\"queries\": [{{\"query\": \"love\"}}]}}' {base}/query\n")
+
+    query = {"queries": [{"query": "blue suede"}]}
+    ok = _show("open endpoint, no token: GET /.well-known/ai-plugin.json",
+               *_pick(call(base, "GET", "/.well-known/ai-plugin.json")), expect=200)
+    ok &= _show_rewritten_manifest(base, port, plugin_port)
+    ok &= _show("protected endpoint, no token: POST /query", *_pick(call(base, "POST", "/query", body=query)), 401)
+    ok &= _show(f"protected endpoint, token of {BROKE} (no credits): POST /query",
+                *_pick(call(base, "POST", "/query", tokens[BROKE], query)), 402)
+    ok &= _show(f"protected endpoint, token of {SUBSCRIBER} (5 credits): POST /query",
+                *_pick(call(base, "POST", "/query", tokens[SUBSCRIBER], query)), 200)
+    ok &= _check_upstream_saw(plugin_port, upstream_secret, list(tokens.values()))
+    ask = {"question": "what happens on the blue highway"}
+    for _ in range(2):
+        status, headers, body = call(base, "POST", "/ask", tokens[SUBSCRIBER], ask)
+        ok &= _show(f"paid call, POST /ask (2 credits): charged {headers.get('X-Credits-Charged')}, "
+                    f"remaining {headers.get('X-Credits-Remaining')}", status, body, 200)
+    ok &= _show("over budget: POST /query with every credit charged (not yet burned on chain)",
+                *_pick(call(base, "POST", "/query", tokens[SUBSCRIBER], query)), 402)
+    ok &= _show_settlement(chain, plan, admin_port, charged=5)
+
+    if not once:
+        print("everything is running; Ctrl-C stops it all", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            try:
+                print("stopping", flush=True)
+            except OSError:  # the terminal is gone (SIGHUP): nobody to tell
+                pass
+    return 0 if ok else 1
+
+
+def _show_settlement(chain: DevChain, plan: str, admin_port: int, charged: int) -> bool:
+    """Settle now (the admin endpoint) and show the burn on chain."""
+    before = chain.credits_of(plan, SUBSCRIBER, 1)
+    req = urllib.request.Request(f"http://127.0.0.1:{admin_port}/settle", data=b"", method="POST")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        report = json.loads(resp.read())
+    after = chain.credits_of(plan, SUBSCRIBER, 1)
+    good = before - after == charged and len(report["confirmed"]) == 1
+    print(f"[{'ok ' if good else 'FAIL'}] settlement: one burnCredits transaction for {charged} charged credits\n"
+          f"       tx {', '.join(report['confirmed']) or '(none)'}\n"
+          f"       on-chain balance of {SUBSCRIBER}: {before} -> {after}\n")
+    return good
+
+
+def _show_rewritten_manifest(base: str, port: int, plugin_port: int) -> bool:
+    """The plugin's manifest and OpenAPI document as ChatGPT gets them: on the proxy URL, user_http auth."""
+    host = f"{HOST}:{port}"
+    texts = []
+    for path in ("/.well-known/ai-plugin.json", "/.well-known/openapi.yaml"):
+        with urllib.request.urlopen(urllib.request.Request(base + path, headers={"Host": host}), timeout=10) as resp:
+            texts.append(resp.read().decode())
+    manifest = json.loads(texts[0])
+    servers = [line.split("url:", 1)[1].strip() for line in texts[1].splitlines() if "url:" in line]
+    leaked = any(f"127.0.0.1:{plugin_port}" in text for text in texts)
+    good = (manifest["api"]["url"] == f"http://{host}/.well-known/openapi.yaml" and servers == [f"http://{host}"]
+            and manifest["auth"] == {"type": "user_http", "authorization_type": "bearer"} and not leaked)
+    print(f"[{'ok ' if good else 'FAIL'}] the plugin's manifest, rewritten by the gateway "
+          f"(the plugin was not touched)\n"
+          f"       api.url {manifest['api']['url']}, logo_url {manifest['logo_url']}\n"
+          f"       auth {json.dumps(manifest['auth'])}; OpenAPI servers {', '.join(servers)}\n"
+          f"       the plugin's own address (127.0.0.1:{plugin_port}) appears in them: {leaked}\n")
+    return good
+
+
+def _pick(answer):
+    status, _headers, body = answer
+    return status, body
+
+
+def _check_upstream_saw(plugin_port: int, secret: str, subscriber_tokens: list[str]) -> bool:
+    """Ask the plugin what it received: the owner's secret, and never a subscriber's token."""
+    req = urllib.request.Request(f"http://127.0.0.1:{plugin_port}/debug/requests",
+                                 headers={"Authorization": f"Bearer {secret}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        seen = json.loads(resp.read())
+    text = json.dumps(seen)
+    got_secret = any(r["path"] == "/query" and f"Bearer {secret}" in json.dumps(r["headers"]) for r in seen)
+    leaked = any(tok in text for tok in subscriber_tokens)
+    good = got_secret and not leaked
+    print(f"[{'ok ' if good else 'FAIL'}] the plugin saw the owner's secret on /query: {got_secret}; "
+          f"a subscriber token reached it: {leaked}\n")
+    return good

@@ -1,0 +1,6 @@
+"""What operators use besides the request path: the admin listener (`admin`: health, readiness,
+metrics, settle now), logs and metrics (`observability`), `gateway usage` and `shortfall resolve`
+(`usage`), and `gateway import-openapi` (`openapi_import`).
+
+May import: config, credits, ledger, chain.
+"""
