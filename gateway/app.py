@@ -1,10 +1,12 @@
-"""Wiring: build the public app from a validated config, and swap it on reload.
+"""Wiring: build the public app from a validated config and its parts, and swap it on reload.
 
-Long-lived resources (the pooled upstream client, the RPC session, the ledger
-database) are opened on start-up and closed on shutdown. Everything derived
-from the config (router, token verifier, plan checker, meter, pipeline,
-settler) is assembled by `assemble` and replaced as a whole by `reload`:
-calls in flight keep the pipeline they started with.
+The process's state is a typed `Runtime` (`gateway.runtime`): long-lived `Resources` (the pooled
+upstream client, the RPC session, the ledger database) are opened on start-up and closed on
+shutdown; everything derived from the config (router, token verifier, plan checker, meter,
+pipeline, settler) is an `Assembly`, built by `assemble` and replaced as a whole by `reload`:
+calls in flight keep the pipeline they started with. What the gateway reads and writes through
+(chain readers, ledger, upstream session, clocks) comes from `Parts`: the real ones by default,
+fakes in the pipeline tests.
 """
 
 from __future__ import annotations
@@ -15,60 +17,57 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from gateway.chain.rpc import JsonRpcClient
-from gateway.config.model import GatewayConfig
-from gateway.ledger.database import SqliteDatabase, sqlite_path
-from gateway.http.own_endpoints import GatewayEndpoints
-from gateway.http.headers import set_server_header
-from gateway.ledger.sqlite import SqliteLedger
-from gateway.credits.meter import Meter
-from gateway.ops.observability import Metrics
 from gateway.auth.issuer import OwnIssuer
-from gateway.http.pipeline import Pipeline
-from gateway.credits.plans import PlanChecker
 from gateway.auth.revocation import RevocationList
-from gateway.http.routing import ServiceRouter
-from gateway.credits.settlement import Settler
-from gateway.credits.shared_balances import SharedBalances
 from gateway.auth.signin import NonceBook, SignIn, open_auth
 from gateway.auth.tokens import TokenVerifier
-from gateway.http.upstream import Upstream, create_session
+from gateway.config.model import GatewayConfig
+from gateway.credits.meter import Meter
+from gateway.credits.plans import PlanChecker
+from gateway.credits.settlement import Settler
+from gateway.credits.shared_balances import SharedBalances
+from gateway.http.headers import set_server_header
+from gateway.http.own_endpoints import GatewayEndpoints
+from gateway.http.pipeline import Pipeline
+from gateway.http.routing import ServiceRouter
+from gateway.http.upstream import Upstream
+from gateway.ledger import Ledger
+from gateway.ledger.database import SqliteDatabase
+from gateway.ops.observability import Metrics
+from gateway.runtime import RUNTIME, Assembly, Parts, Resources, Runtime
+
+__all__ = ["RUNTIME", "Parts", "Runtime", "assemble", "build_app", "prepare_database", "public_runner", "reload"]
 
 log = structlog.get_logger("gateway.app")
-PIPELINE = web.AppKey("pipeline", Pipeline)
-STATE = web.AppKey("state", dict)
 FINAL_SETTLEMENT_TIMEOUT = 30.0
 
 
-def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: bool = True) -> web.Application:
+def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: bool = True,
+              parts: Parts | None = None) -> web.Application:
     """The public application. Its resources open in on_startup and close in on_cleanup.
 
     `settle`: this process runs the periodic settlement (exactly one process per ledger should).
+    `parts`: what to build it from instead of the real chain readers, ledger, session and clocks.
     """
     # auto_decompress off: a compressed request body is forwarded as the client's very bytes,
     # with its Content-Encoding and Content-Length (SPEC §7); readers that must look inside
     # (MCP pricing, sign-in) decode it themselves, bounded (gateway/http/content_coding.py).
     app = web.Application(handler_args={"max_field_size": 16384, "auto_decompress": False})
-    state: dict = {"config": config, "metrics": metrics or Metrics(), "settle": settle}
-    app[STATE] = state
+    runtime = Runtime(config, metrics or Metrics(), settle, parts or Parts())
+    app[RUNTIME] = runtime
 
     async def start(app: web.Application) -> None:
-        state.update(await _open_database(config))
-        if config.workers <= 1:  # shared balances: one chain read per new subscriber for all workers
-            state.pop("shared_balances")
-        state["session"] = create_session(config.upstream_connections)
-        state["rpc_session"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
-        _install(app, assemble(config, state))
+        runtime.resources = await _open_resources(config, runtime.parts)
+        _install(runtime, assemble(config, runtime))
 
     async def stop(app: web.Application) -> None:
-        await _stop_settler(state, final=True)
-        await state["session"].close()
-        await state["rpc_session"].close()
-        await state["db"].close()
+        await _stop_settler(runtime, final=True)
+        if runtime.resources is not None:  # None when start-up failed before opening them
+            await runtime.resources.close()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         # Looked up per request: a reload swaps it, calls in flight keep theirs.
-        return await request.app[PIPELINE].handle(request)
+        return await runtime.pipeline.handle(request)
 
     app.on_startup.append(start)
     app.on_response_prepare.append(set_server_header)  # relayed answers too: no versions, no upstream stack
@@ -77,19 +76,29 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
     return app
 
 
-async def _open_database(config: GatewayConfig) -> dict:
-    """The ledger database with every component's schema migrated, and what lives in it."""
-    db = SqliteDatabase(sqlite_path(config.metering.ledger))
-    ledger = SqliteLedger(db)
+async def _open_database(config: GatewayConfig,
+                         parts: Parts) -> tuple[SqliteDatabase, Ledger, bytes, SharedBalances]:
+    """The ledger database with every component's schema migrated, and what lives in it:
+    (db, ledger, nonce secret, shared balances)."""
+    db = parts.database(config)
+    ledger = parts.ledger(db, parts.clock)
     await ledger.open()
     nonce_secret = await open_auth(db)  # sign-in and revocation tables
     lease = max((c.timeout * len(c.rpc_urls) for c in config.chains.values()), default=0.0) + 1.0
-    shared_balances = SharedBalances(db, lease)
+    shared_balances = SharedBalances(db, lease, clock=parts.clock)
     await shared_balances.open()
-    return {"db": db, "ledger": ledger, "nonce_secret": nonce_secret, "shared_balances": shared_balances}
+    return db, ledger, nonce_secret, shared_balances
 
 
-def prepare_database(config: GatewayConfig) -> None:
+async def _open_resources(config: GatewayConfig, parts: Parts) -> Resources:
+    db, ledger, nonce_secret, shared_balances = await _open_database(config, parts)
+    if config.workers <= 1:  # shared balances: one chain read per new subscriber for all workers
+        shared_balances = None
+    return Resources(db, ledger, nonce_secret, shared_balances, session=parts.upstream_session(config),
+                     rpc_session=aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)))
+
+
+def prepare_database(config: GatewayConfig, parts: Parts | None = None) -> None:
     """Create and migrate the ledger database once, before worker processes start.
 
     Why: workers that open a new file at the same moment race to create it, switch it to WAL and
@@ -97,72 +106,73 @@ def prepare_database(config: GatewayConfig) -> None:
     gateway before it listens)."""
 
     async def prepare() -> None:
-        await (await _open_database(config))["db"].close()
+        await (await _open_database(config, parts or Parts()))[0].close()
 
     asyncio.run(prepare())
 
 
-def assemble(config: GatewayConfig, state: dict) -> dict:
-    """Everything that depends on the config, built on the long-lived resources in `state`."""
-    metrics: Metrics = state["metrics"]
-    readers = {name: JsonRpcClient(chain, state["rpc_session"]) for name, chain in config.chains.items()}
-    plans = PlanChecker(readers, config.plan_cache, shared=state.get("shared_balances"))
+def assemble(config: GatewayConfig, runtime: Runtime) -> Assembly:
+    """Everything that depends on the config, built on the runtime's long-lived resources."""
+    res, parts, metrics = runtime.started(), runtime.parts, runtime.metrics
+    readers = parts.readers(config, res.rpc_session)
+    plans = PlanChecker(readers, config.plan_cache, clock=parts.monotonic, wall_clock=parts.clock,
+                        shared=res.shared_balances)
     chain_ids = {name: chain.chain_id for name, chain in config.chains.items()}
-    own = OwnIssuer(config.tokens.own) if config.tokens.own else None
-    revocations = RevocationList(state["db"], config.tokens.revocation_refresh)
+    own = OwnIssuer(config.tokens.own, clock=parts.clock) if config.tokens.own else None
+    revocations = RevocationList(res.db, config.tokens.revocation_refresh, clock=parts.monotonic)
     signin = None
     if own is not None:  # sign-in issues the own issuer's tokens: no own issuer, no sign-in
-        signin = SignIn(config, own, NonceBook(state["db"], state["nonce_secret"], config.tokens.nonce_ttl),
-                        plans, readers)
-    tokens = TokenVerifier(config.tokens, http=state["rpc_session"], revocations=revocations)
-    meter = Meter(state["ledger"], plans, chain_ids, metrics, hold_margin=config.metering.hold_margin)
+        nonces = NonceBook(res.db, res.nonce_secret, config.tokens.nonce_ttl, clock=parts.clock)
+        signin = SignIn(config, own, nonces, plans, readers, clock=parts.clock)
+    tokens = TokenVerifier(config.tokens, http=res.rpc_session, clock=parts.clock, revocations=revocations)
+    meter = Meter(res.ledger, plans, chain_ids, metrics, hold_margin=config.metering.hold_margin)
     pipeline = Pipeline(
         config,
         ServiceRouter(config.services.values(), config.base_domain),
         tokens,
         meter,
-        Upstream(state["session"], metrics),
+        Upstream(res.session, metrics),
         GatewayEndpoints(config, own, signin, tokens, meter),
         metrics,
     )
     settler = None
     if config.metering.operator_key:
         rpcs = {config.chains[name].chain_id: reader for name, reader in readers.items()}
-        settler = Settler(state["ledger"], rpcs, config.metering.operator_key, config.metering.settle_every, metrics)
+        settler = Settler(res.ledger, rpcs, config.metering.operator_key, config.metering.settle_every, metrics,
+                          clock=parts.monotonic)
     else:
         log.warning("no_operator_key", detail="metering.operator_key is not set: charges are recorded, never burned")
-    return {"config": config, "readers": readers, "plans": plans, "pipeline": pipeline, "settler": settler}
+    return Assembly(config, readers, plans, pipeline, settler)
 
 
-def _install(app: web.Application, parts: dict) -> None:
-    state = app[STATE]
-    state.update(parts)
-    app[PIPELINE] = parts["pipeline"]
-    metrics: Metrics = state["metrics"]
+def _install(runtime: Runtime, assembly: Assembly) -> None:
+    runtime.assembly, runtime.config = assembly, assembly.config
+    metrics = runtime.metrics
     metrics.watch("gateway_plan_cache", "Plan checks: hits, misses, coalesced, rpc_calls, errors, stale",
-                  "outcome", lambda: state["plans"].stats)
-    metrics.watch_rpc(lambda: state["readers"])
-    if parts["settler"] is not None and state["settle"]:
-        state["settle_task"] = asyncio.create_task(parts["settler"].run())
+                  "outcome", lambda: runtime.plans.stats)
+    metrics.watch_rpc(lambda: runtime.readers)
+    if assembly.settler is not None and runtime.settle:
+        runtime.settle_task = asyncio.create_task(assembly.settler.run())
 
 
 async def reload(app: web.Application, config: GatewayConfig) -> None:
     """Swap in a new config: new requests use it at once, calls in flight finish on the old one."""
-    state = app[STATE]
-    old = state["config"]
+    runtime = app[RUNTIME]
+    old = runtime.config
     for key in ("listen", "admin_listen", "workers", "connections"):
         if getattr(old, key) != getattr(config, key):
             log.warning("reload_needs_restart", key=key, detail=f"{key} changes take effect on restart")
     if old.metering.ledger != config.metering.ledger:
         log.warning("reload_needs_restart", key="metering.ledger", detail="the ledger path changes on restart")
-    parts = assemble(config, state)
-    await _stop_settler(state, final=False)
-    _install(app, parts)
+    assembly = assemble(config, runtime)
+    await _stop_settler(runtime, final=False)
+    _install(runtime, assembly)
     log.info("reloaded", services=sorted(config.services))
 
 
-async def _stop_settler(state: dict, final: bool) -> None:
-    task, settler = state.pop("settle_task", None), state.get("settler")
+async def _stop_settler(runtime: Runtime, final: bool) -> None:
+    task, settler = runtime.settle_task, runtime.settler
+    runtime.settle_task = None
     if task is not None:
         async with settler.lock:  # never cut a cycle in half (it would be reconciled, but needn't be)
             task.cancel()

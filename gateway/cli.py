@@ -1,4 +1,5 @@
-"""Command line: `gateway serve | check-config | token issue | token revoke | keys generate | import-openapi | demo`."""
+"""Command line: `gateway serve | check-config | config-schema | token issue | token revoke | keys generate |
+import-openapi | demo`."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         _config_option(p)
         p.add_argument("config_path", nargs="?", metavar="CONFIG", help="same as --config")
+
+    sub.add_parser("config-schema", help="print the JSON Schema (Draft 2020-12) of the config file, for editors")
 
     token = sub.add_parser("token", help="tokens of the gateway's own issuer").add_subparsers(dest="action", required=True)
     issue = token.add_parser("issue", help="print a JWT signed by tokens.own")
@@ -74,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         args.config = args.config_path
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command == "config-schema":
+        import json
+
+        from gateway.config.schema import config_schema
+
+        print(json.dumps(config_schema(), indent=2))
+        return 0
     if args.command == "serve":
         return _serve(args.config)
     if args.command == "reload":

@@ -2,7 +2,7 @@
 lost, and nothing is burned twice (balances checked on chain).
 
 The kill points inside settlement are reached with the GATEWAY_CRASH_AT test hook, which
-SIGKILLs the process at that exact step (`gateway.credits.settlement.crash_point`).
+SIGKILLs the process at that exact step (`gateway.ops.crash_points.crash_point`).
 """
 
 from __future__ import annotations

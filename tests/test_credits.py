@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from conftest import DEV_ACCOUNTS, OWNER, SUBSCRIBER, START_CREDITS, base_config
-from gateway.app import STATE
+from gateway.app import RUNTIME
 from gateway.ledger.database import sqlite_path
 from tests.support.upstreams import HeldUpstream
 
@@ -33,7 +33,7 @@ def ledger_rows(gw, sql: str, *args) -> list[tuple]:
 
 
 def settler(gw):
-    return gw.app[STATE]["settler"]
+    return gw.app[RUNTIME].settler
 
 
 async def test_concurrent_calls_never_spend_more_than_the_balance_and_settle_exactly(
@@ -179,10 +179,10 @@ async def test_tokens_moved_away_before_settlement_record_a_shortfall_and_block(
     assert ledger_rows(gw, "SELECT amount FROM shortfalls WHERE resolved_at IS NULL") == [(3,)]
     # Refused from now on, even after buying more credits, until the shortfall is resolved.
     await asyncio.to_thread(chain.dev.mint_credits, chain.credits_plan, SUBSCRIBER, 1, 10)
-    gw.app[STATE]["plans"].invalidate(gw.config.services["elvis"].plan, SUBSCRIBER)
+    gw.app[RUNTIME].plans.invalidate(gw.config.services["elvis"].plan, SUBSCRIBER)
     async with gw.request("POST", "/query", json=QUERY, token=token) as resp:
         body = await resp.json(content_type=None)
         assert resp.status == 402 and body["shortfall"] == 3
-    usage = await gw.app[STATE]["ledger"].usage(subscriber=SUBSCRIBER)
+    usage = await gw.app[RUNTIME].ledger.usage(subscriber=SUBSCRIBER)
     assert [(u["charged"], u["settled"], u["pending"], u["shortfall"]) for u in usage] == [(4, 4, 0, 3)]
     assert usage[0]["burn_txs"] == report.confirmed

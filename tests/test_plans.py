@@ -18,8 +18,8 @@ from eth_utils import function_signature_to_4byte_selector
 
 from gateway.chain.rpc import ChainUnavailable, JsonRpcClient, RpcError, redact_url
 from gateway.config.model import ChainConfig, PlanCacheConfig, PlanConfig
-from gateway.credits.plans import PlanChecker, balance_calldata
-from gateway.http.problems import Problem
+from gateway.credits.plans import PlanChecker, PlanUnreadable, balance_calldata
+from gateway.http.refusals import problem_for
 from tests.support.rpc_proxy import JsonRpcFault, RpcProxy
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
@@ -61,6 +61,12 @@ class FakeReader:
         if self.error is not None:
             raise self.error
         return self.raw if self.raw is not None else word(self.balance)
+
+
+def answered(error: BaseException) -> tuple[int, str]:
+    """(status, code) the http layer answers a plan-check error with (`gateway.http.refusals`)."""
+    problem = problem_for(error)
+    return problem.status, problem.code
 
 
 def checker_with(reader: FakeReader, cache: PlanCacheConfig = CACHE, clock: FakeClock | None = None) -> PlanChecker:
@@ -197,7 +203,7 @@ async def test_an_error_reaches_every_waiter_and_the_next_call_retries():
     await until(lambda: checker.stats["misses"] == 10, "all 10 callers waiting")
     reader.gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, Problem) and (r.status, r.code) == (503, "chain_unavailable") for r in results)
+    assert all(isinstance(r, PlanUnreadable) and answered(r) == (503, "chain_unavailable") for r in results)
     assert len(reader.calls) == 1 and checker.stats["errors"] == 1
     reader.error = None
     assert await checker.balance(CREDITS, ALICE) == 8
@@ -255,9 +261,9 @@ async def test_stale_answer_refused_when_too_old():
     await checker.balance(CREDITS, ALICE)
     clock.now += 40.1
     reader.error = ChainUnavailable("down")
-    with pytest.raises(Problem) as refused:
+    with pytest.raises(PlanUnreadable) as refused:
         await checker.balance(CREDITS, ALICE)
-    assert (refused.value.status, refused.value.code) == (503, "chain_unavailable")
+    assert answered(refused.value) == (503, "chain_unavailable")
 
 
 async def test_stale_answer_refused_when_stale_if_error_is_disabled():
@@ -266,9 +272,9 @@ async def test_stale_answer_refused_when_stale_if_error_is_disabled():
     await checker.balance(CREDITS, ALICE)
     clock.now += 10.1
     reader.error = ChainUnavailable("down")
-    with pytest.raises(Problem) as refused:
+    with pytest.raises(PlanUnreadable) as refused:
         await checker.balance(CREDITS, ALICE)
-    assert (refused.value.status, refused.value.code) == (503, "chain_unavailable")
+    assert answered(refused.value) == (503, "chain_unavailable")
     assert isinstance(refused.value.__cause__, ChainUnavailable)
 
 
@@ -278,8 +284,9 @@ async def test_stale_if_error_never_serves_a_zero_balance():
     await checker.balance(CREDITS, ALICE)
     clock.now += 2.5
     reader.error = ChainUnavailable("down")
-    with pytest.raises(Problem, match="chain_unavailable"):
+    with pytest.raises(PlanUnreadable) as refused:
         await checker.balance(CREDITS, ALICE)
+    assert "chain_unavailable" in str(problem_for(refused.value))
 
 
 @pytest.mark.parametrize("raw", [b"", bytes(31), bytes(64)], ids=["empty", "short", "long"])
@@ -287,9 +294,9 @@ async def test_malformed_answer_is_503_chain_unavailable(raw):
     reader = FakeReader()
     reader.raw = raw
     checker = checker_with(reader)
-    with pytest.raises(Problem) as refused:
+    with pytest.raises(PlanUnreadable) as refused:
         await checker.balance(CREDITS, ALICE)
-    assert (refused.value.status, refused.value.code) == (503, "chain_unavailable")
+    assert answered(refused.value) == (503, "chain_unavailable")
     assert f"returned {len(raw)} bytes" in str(refused.value.__cause__)
     assert checker.stats["errors"] == 1
 
@@ -297,19 +304,20 @@ async def test_malformed_answer_is_503_chain_unavailable(raw):
 async def test_node_error_is_503_and_the_detail_has_no_rpc_urls():
     reader = FakeReader()
     reader.error = RpcError(3, "execution reverted", "0x")
-    with pytest.raises(Problem) as refused:
+    with pytest.raises(PlanUnreadable) as refused:
         await checker_with(reader).balance(CREDITS, ALICE)
-    assert (refused.value.status, refused.value.code) == (503, "chain_unavailable")
+    assert answered(refused.value) == (503, "chain_unavailable")
     reader.error = ChainUnavailable("chain 'dev': no RPC URL answered eth_call: https://rpc.example/…: HTTP 503")
-    with pytest.raises(Problem) as refused:
+    with pytest.raises(PlanUnreadable) as refused:
         await checker_with(reader).balance(CREDITS, ALICE)
-    assert "rpc.example" not in refused.value.detail and "dev" in refused.value.detail
+    assert "rpc.example" not in problem_for(refused.value).detail and "dev" in problem_for(refused.value).detail
 
 
 async def test_plan_on_an_unconfigured_chain_is_503():
     checker = PlanChecker({}, CACHE)
-    with pytest.raises(Problem, match="chain_unavailable"):
+    with pytest.raises(PlanUnreadable) as refused:
         await checker.balance(CREDITS, ALICE)
+    assert "chain_unavailable" in str(problem_for(refused.value))
 
 
 # --- JsonRpcClient over real HTTP -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import BROKE, HOST, START_CREDITS, SUBSCRIBER, base_config, start_gateway
-from gateway.app import STATE
+from gateway.app import RUNTIME
 from gateway.dev.chain import DEV_ACCOUNTS
 from gateway.auth.siwe import SiweMessage
 
@@ -73,7 +73,7 @@ async def sign_in(gw, address: str = SUBSCRIBER) -> dict:
 
 
 def signin_of(gw):
-    return gw.app[STATE]["pipeline"].endpoints.signin
+    return gw.app[RUNTIME].pipeline.endpoints.signin
 
 
 

@@ -34,9 +34,10 @@ from gateway.auth.issuer import (
     public_key_to_jwk,
 )
 from gateway.http.problems import Problem, bearer_challenge
-from gateway.auth.revocation import RevocationList, migrate_auth, revoke
+from gateway.auth.revocation import RevocationList, RevocationsUnavailable, migrate_auth, revoke
+from gateway.http.refusals import problem_for
 from gateway.auth.jwks import JWKS_REFETCH_INTERVAL
-from gateway.auth.tokens import Subscriber, TokenVerifier
+from gateway.auth.tokens import Subscriber, TokenRejected, TokenVerifier
 
 ISS = "https://auth.example.com"
 OWN_ISS = "https://gateway.example.com"
@@ -138,9 +139,9 @@ async def accept(v: TokenVerifier, tok: str, public_url: str = PUBLIC_URL) -> Su
 async def refuse(v: TokenVerifier, authorization: str | None, code: str = "invalid_token", status: int = 401,
                  service: ServiceConfig = SERVICE) -> Problem:
     """Assert a refusal and everything every refusal must satisfy (challenge, no token echoed)."""
-    with pytest.raises(Problem) as info:
+    with pytest.raises(TokenRejected) as info:
         await v.verify(authorization, service, PUBLIC_URL)
-    problem = info.value
+    problem = problem_for(info.value)  # what the http layer answers (gateway.http.refusals)
     assert (problem.status, problem.code) == (status, code), problem.detail
     if code == "invalid_token":
         assert problem.headers["WWW-Authenticate"] == bearer_challenge(service.id, "invalid_token", problem.detail)
@@ -494,7 +495,7 @@ async def test_concurrent_unknown_kids_cause_at_most_one_refetch(jwks):
     await asyncio.sleep(0)
     jwks.gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, Problem) and r.code == "invalid_token" for r in results)
+    assert all(isinstance(r, TokenRejected) and problem_for(r).code == "invalid_token" for r in results)
     assert jwks.requests == 2
 
 
@@ -649,7 +650,7 @@ async def test_own_issuer_issue_then_verify_round_trip(tmp_path, kind):
 def test_own_issuer_jwks_publishes_the_public_key(tmp_path):
     path = write_private_pem(tmp_path / "k.pem", private_key("ES256"))
     own = OwnIssuer(OwnIssuerConfig(issuer=OWN_ISS, signing_key_file=path, ttl=60.0))
-    public = own.public_jwk()
+    (public,) = own.jwks()["keys"]
     assert public["kid"] == own.kid == jwk_thumbprint(public)
     assert (public["use"], public["alg"], public["crv"]) == ("sig", "ES256", "P-256")
     assert "d" not in public
@@ -814,8 +815,9 @@ async def test_revoking_a_subscriber_revokes_its_tokens_issued_until_then(auth_d
 async def test_revocation_list_fails_closed_when_it_cannot_read(tmp_path):
     db = SqliteDatabase(tmp_path / "empty.db")  # no auth tables
     try:
-        with pytest.raises(Problem) as raised:
+        with pytest.raises(RevocationsUnavailable) as raised:
             await RevocationList(db, refresh=1.0).is_revoked(SUB, "j", NOW)
-        assert (raised.value.status, raised.value.code) == (503, "revocations_unavailable")
+        refusal = problem_for(raised.value)  # what the http layer answers (gateway.http.refusals)
+        assert (refusal.status, refusal.code) == (503, "revocations_unavailable")
     finally:
         await db.close()

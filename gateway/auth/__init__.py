@@ -2,5 +2,8 @@
 (`revocation`), and Sign-In with Ethereum (`siwe` parser, `signin` checks, `signin_address`,
 `signin_rate`).
 
-May import: config, chain (EIP-1271 and balances for sign-in), ledger (nonces, revocations).
+May import: config, chain (EIP-1271), ledger (nonces, revocations), credits.plans (the balance a
+sign-in answers with), `gateway.inflight`. Still an exception, to be removed: the sign-in modules
+raise http `Problem`s and use `http.client_json` / `http.public_url` (sign-in is an HTTP endpoint
+living here; its HTTP half belongs in `http/own_endpoints`).
 """

@@ -241,9 +241,6 @@ class OwnIssuer:
         """Every key that verifies: the signing key first, then the previous keys still listed."""
         return list(self._keys)
 
-    def public_jwk(self) -> dict[str, Any]:
-        return _jwk(self.verification_key())
-
     def jwks(self) -> dict[str, Any]:
         return {"keys": [_jwk(k) for k in self._keys]}
 

@@ -7,7 +7,6 @@ before that interval either. Only the configured URL is ever fetched.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -16,6 +15,7 @@ from typing import Callable
 import aiohttp
 
 from gateway.auth.issuer import VerificationKey, parse_jwks
+from gateway.inflight import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class RemoteJwks:
         self.url, self._session, self._clock = url, session, clock
         self.keys: list[VerificationKey] | None = None
         self._fetched_at = self._kid_refetch_at = self._retry_after = -math.inf
-        self._inflight: asyncio.Task[None] | None = None
+        self._inflight: InFlight[None, None] = InFlight()  # one fetch at a time, shared by its callers
 
     async def current(self) -> list[VerificationKey]:
         now = self._clock()
@@ -44,7 +44,7 @@ class RemoteJwks:
 
     async def refetch_for_unknown_kid(self) -> bool:
         """Refetch because a token names a key we do not have; False when rate-limited."""
-        if self._inflight is None:
+        if not self._inflight.running(None):
             now = self._clock()
             # Why: tokens with random `kid`s must not turn the gateway into a JWKS flooder.
             if now - self._kid_refetch_at < JWKS_REFETCH_INTERVAL or now < self._retry_after:
@@ -54,10 +54,9 @@ class RemoteJwks:
         return True
 
     async def _refresh(self) -> None:
-        if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._fetch())
-        # Why shield: one caller giving up (client hang-up) must not cancel the others' fetch.
-        await asyncio.shield(self._inflight)
+        # Why shared: concurrent callers wait for one fetch; one caller giving up (client
+        # hang-up) does not cancel it for the others.
+        await self._inflight.run(None, self._fetch)
 
     async def _fetch(self) -> None:
         try:
@@ -76,5 +75,3 @@ class RemoteJwks:
         except Exception as exc:  # Why: whatever the key server does, callers get a 401, never a 500.
             self._retry_after = self._clock() + JWKS_REFETCH_INTERVAL
             log.warning("JWKS fetch failed for %s: %s", self.url, exc or type(exc).__name__)
-        finally:
-            self._inflight = None

@@ -29,8 +29,8 @@ from typing import Callable
 from eth_utils import to_checksum_address
 
 from gateway.config.model import GatewayConfig
+from gateway.inflight import InFlight
 from gateway.ledger.database import SqliteDatabase, sqlite_path
-from gateway.http.problems import Problem
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,13 @@ async def revoke(db: SqliteDatabase, *, jti: str | None = None, subscriber: str 
     return at
 
 
+class RevocationsUnavailable(Exception):
+    """The revocation list cannot be read: protected calls are refused (fail closed)."""
+
+    def __init__(self) -> None:
+        super().__init__("the token revocation list cannot be read; try again later")
+
+
 class RevocationList:
     """One process's copy of the revocations, refreshed at most every `refresh` seconds."""
 
@@ -81,7 +88,7 @@ class RevocationList:
         self._subscribers: dict[str, float] = {}  # lower-case address -> latest revocation time
         self._last_id = 0
         self._loaded_at = -math.inf  # clock() when the last successful read began
-        self._inflight: asyncio.Future[None] | None = None
+        self._inflight: InFlight[None, None] = InFlight()
 
     async def is_revoked(self, subscriber: str, token_id: str | None, issued_at: float | None) -> bool:
         if self._clock() - self._loaded_at >= self._refresh:
@@ -93,17 +100,9 @@ class RevocationList:
         return revoked_at is not None and (issued_at is None or issued_at <= revoked_at)
 
     async def _refresh_shared(self) -> None:
-        if self._inflight is None:
-            # Why one shared read: a burst of calls when the list goes stale costs one query.
-            self._inflight = asyncio.ensure_future(self._load())
-            self._inflight.add_done_callback(self._finished)
-        # Why shield: a caller that goes away must not cancel the read the others wait for.
-        await asyncio.shield(self._inflight)
-
-    def _finished(self, future: asyncio.Future[None]) -> None:
-        self._inflight = None
-        if not future.cancelled():
-            future.exception()  # retrieved even when every waiter left
+        # Why one shared read: a burst of calls when the list goes stale costs one query; a
+        # caller that goes away does not cancel the read the others wait for.
+        await self._inflight.run(None, self._load)
 
     async def _load(self) -> None:
         started = self._clock()
@@ -114,8 +113,7 @@ class RevocationList:
         except sqlite3.Error as exc:
             # Why fail closed: a gateway that cannot see revocations must not honour revoked tokens.
             log.error("cannot read token revocations: %s", exc)
-            raise Problem(503, "revocations_unavailable",
-                          "the token revocation list cannot be read; try again later") from exc
+            raise RevocationsUnavailable() from exc
         for row_id, jti, subscriber, revoked_at in rows:
             if jti is not None:
                 self._jtis.add(jti)
@@ -124,10 +122,6 @@ class RevocationList:
                 self._subscribers[key] = max(revoked_at, self._subscribers.get(key, -math.inf))
             self._last_id = row_id
         self._loaded_at = started
-
-    async def load(self) -> None:
-        """Read the list now (start-up: a missing or unreadable database is found at once)."""
-        await self._refresh_shared()
 
 
 def revoke_command(config: GatewayConfig, *, jti: str | None, subscriber: str | None) -> str:

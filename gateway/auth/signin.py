@@ -35,11 +35,12 @@ from eth_account.messages import defunct_hash_message, encode_defunct
 from eth_utils import to_checksum_address
 
 from gateway.http import client_json
-from gateway.chain.rpc import ChainUnavailable, JsonRpcClient, RpcError
+from gateway.chain.reader import ChainReader
+from gateway.chain.rpc import ChainUnavailable, RpcError
 from gateway.config.model import GatewayConfig, ServiceConfig
 from gateway.ledger.database import SqliteDatabase
 from gateway.auth.issuer import OwnIssuer
-from gateway.credits.plans import PlanChecker
+from gateway.credits.plans import PlanChecker, PlanUnreadable
 from gateway.http.problems import Problem
 from gateway.auth.revocation import migrate_auth
 from gateway.auth.signin_address import Origin, PublicAddress
@@ -124,7 +125,7 @@ class SignIn:
     """Verifies a signed EIP-4361 message and answers with a token from the own issuer."""
 
     def __init__(self, config: GatewayConfig, issuer: OwnIssuer, nonces: NonceBook, plans: PlanChecker,
-                 readers: Mapping[str, JsonRpcClient], clock: Callable[[], float] = time.time) -> None:
+                 readers: Mapping[str, ChainReader], clock: Callable[[], float] = time.time) -> None:
         self.config, self.issuer, self.nonces, self.plans = config, issuer, nonces, plans
         self._readers, self._clock = readers, clock
         self._leeway = config.tokens.leeway
@@ -159,7 +160,7 @@ class SignIn:
         token = self.issuer.issue(address, [service.id, self.config.public_url(service)], ttl=lifetime)
         try:
             balance: int | None = await self.plans.balance(plan, address)
-        except Problem:
+        except PlanUnreadable:
             balance = None  # Why: the token is valid without it; the chain answers the first protected call.
         return {"access_token": token, "token_type": "Bearer", "expires_in": int(lifetime),
                 "subscriber": address, "balance": balance}

@@ -1,10 +1,11 @@
 """Bearer-token verification: who is calling, and is the token meant for this service.
 
 `TokenVerifier.verify` turns an `Authorization` header into a `Subscriber` or raises a
-`Problem` (401 `missing_token` / `invalid_token` with an RFC 6750 challenge, 403
-`wrong_audience`). The order is fixed: scheme, structure, issuer, algorithm allowlist, key,
-signature and required claims, time claims, subject, and only then audience, so that an
-unsigned or expired token is always a 401 whatever audience it claims.
+`TokenRejected` (`TokenMissing`, `TokenInvalid`, `TokenRevoked`: answered 401 with an RFC 6750
+challenge; `WrongAudience`: 403; see `gateway.http.refusals`). The order is fixed: scheme,
+structure, issuer, algorithm allowlist, key, signature and required claims, time claims, subject,
+and only then audience, so that an unsigned or expired token is always a 401 whatever audience
+it claims.
 
 Keys come from the issuer's configuration only: a shared secret (HS256), a PEM public key, a
 JWKS file, a JWKS URL (fetched async, cached, refetched at most once per 30 s on an unknown
@@ -38,12 +39,37 @@ from gateway.auth.issuer import (
     load_public_key_file,
 )
 from gateway.auth.jwks import RemoteJwks
-from gateway.http.problems import Problem, bearer_challenge
 from gateway.auth.revocation import RevocationList
 
 
 REQUIRED_CLAIMS = ["exp", "iss", "sub", "aud"]
 B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750 §2.1
+
+
+class TokenRejected(Exception):
+    """The caller is not let in; the message (for the client, never the token) says why.
+    `realm`: the service the token was presented to."""
+
+    def __init__(self, realm: str, message: str) -> None:
+        super().__init__(message)
+        self.realm = realm
+
+
+class TokenMissing(TokenRejected):
+    """No bearer token was sent (or not in the Bearer scheme)."""
+
+
+class TokenInvalid(TokenRejected):
+    """A token that cannot be trusted: malformed, unsigned, unknown issuer or key, bad signature,
+    missing or bad claims, expired or not yet valid."""
+
+
+class TokenRevoked(TokenInvalid):
+    """A genuine token, withdrawn (`gateway token revoke`): the client must get a new one."""
+
+
+class WrongAudience(TokenRejected):
+    """A genuine token, for another service."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +106,9 @@ class TokenVerifier:
         self._issuers = {ic.issuer: self._issuer(ic) for ic in config.issuers}
         if config.own is not None:
             own = OwnIssuer(config.own, clock=clock)
-            if own.issuer in self._issuers:  # Why: two key sources for one name would be ambiguous.
+            # Why: two key sources for one name would be ambiguous. The config refuses this first
+            # (gateway.config.load `_tokens`); the raises in this constructor are guards, not checks.
+            if own.issuer in self._issuers:
                 raise ValueError(f"issuer {own.issuer} is both tokens.own and in tokens.issuers")
             keys = own.verification_keys()
             # Why kid matching once there are several keys: each token names the key that signed it.
@@ -138,7 +166,7 @@ class TokenVerifier:
         revocations = self._revocations
         if revocations is not None and await revocations.is_revoked(who.address, who.token_id, who.issued_at):
             # Why 401 with its own code: the token is genuine but withdrawn; the client must get a new one.
-            raise _invalid(service, "token revoked", code="token_revoked")
+            raise TokenRevoked(service.id, "token revoked")
         return who
 
     async def _verify(self, token: str, service: ServiceConfig, public_url: str) -> Subscriber:
@@ -194,7 +222,7 @@ class TokenVerifier:
         accepted = {service.id, public_url.rstrip("/")}
         if not any(a.rstrip("/") in accepted for a in audiences):
             # Why 403, not 401: the token is genuine, it is just for another service.
-            raise Problem(403, "wrong_audience", f"token is not for service {service.id}")
+            raise WrongAudience(service.id, f"token is not for service {service.id}")
         jti, iat = claims.get("jti"), claims.get("iat")
         return Subscriber(to_checksum_address(sub), issuer.name, expires_at, jti if isinstance(jti, str) else None,
                           float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None)
@@ -237,14 +265,12 @@ def _bearer_token(authorization: str | None, service: ServiceConfig) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         # Why no error code in the challenge: RFC 6750 §3.1, a request without credentials.
-        challenge = {"WWW-Authenticate": bearer_challenge(realm=service.id)}
-        raise Problem(401, "missing_token", "send Authorization: Bearer <token>", headers=challenge)
+        raise TokenMissing(service.id, "send Authorization: Bearer <token>")
     if not B64TOKEN.fullmatch(token):
         # Why: RFC 6750 b64token charset; also keeps non-ASCII bytes away from hashing and parsing.
         raise _invalid(service, "malformed token")
     return token
 
 
-def _invalid(service: ServiceConfig, description: str, code: str = "invalid_token") -> Problem:
-    challenge = bearer_challenge(service.id, error="invalid_token", description=description)
-    return Problem(401, code, description, headers={"WWW-Authenticate": challenge})
+def _invalid(service: ServiceConfig, description: str) -> TokenInvalid:
+    return TokenInvalid(service.id, description)

@@ -3,7 +3,8 @@
 `load_config(path)` returns a frozen `GatewayConfig` or raises `ConfigError`
 holding ALL problems found, each prefixed with its YAML path
 (`services.elvis.plan.contract: not an address`), so an operator fixes a file
-in one pass. Nothing here runs after start-up.
+in one pass. Rules across sections are in `gateway.config.checks`. Nothing here runs after
+start-up, and nothing that runs at start-up refuses a config this accepted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from gateway.config import checks
 from gateway.config import values as v
 from gateway.config.model import (
     DEFAULT_MAX_BODY,
@@ -73,11 +75,12 @@ def parse_config(
     chains = _chains(root.child("chains"), problems)
     tokens = _tokens(root.child("tokens"), base_dir, problems)
     services = parse_services(root.child("services", required=True), chains, config_kwargs["max_body"], problems)
-    # Why: a protected endpoint nobody can get a token for is a misconfiguration, not a lock.
-    if any(s.protected_endpoints or s.mcp for s in services.values()) and not (tokens.issuers or tokens.own):
-        problems.append("tokens: protected endpoints need at least one issuer (tokens.issuers or tokens.own)")
     metering = _metering(root.child("metering"), base_dir)
     root.done()
+    # Rules across sections, which `serve` would otherwise meet only at start-up.
+    checks.check_hosts(services, config_kwargs["base_domain"], problems)
+    checks.check_issuers_for_protected(services, tokens, problems)
+    checks.check_listeners(listen, config_kwargs["admin_listen"], problems)
     if problems:
         raise ConfigError(problems)
     return GatewayConfig(
@@ -202,8 +205,8 @@ def _issuer(n: Node, base_dir: Path) -> IssuerConfig:
         issuer=n.get("issuer", v.non_empty),
         algorithms=tuple(n.get("algorithms", v.list_of(v.choice(*ALGORITHMS), min_items=1), ()) or ()),
         jwks_url=n.get("jwks_url", v.http_url, None),
-        jwks_file=n.get("jwks_file", v.existing_file(base_dir), None),
-        public_key_file=n.get("public_key_file", v.existing_file(base_dir), None),
+        jwks_file=n.get("jwks_file", v.jwks_file(base_dir), None),
+        public_key_file=n.get("public_key_file", v.public_key_file(base_dir), None),
         secret=n.get("secret", v.non_empty, None),
     )
     sources = [k for k in ("jwks_url", "jwks_file", "public_key_file", "secret") if n.value.get(k) is not None]

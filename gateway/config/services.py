@@ -1,5 +1,6 @@
 """Config loading, per service: upstream and its credential, endpoint rules and prices,
-the plan, MCP tool prices and CORS. Every problem is reported with its YAML path."""
+the plan, MCP tool prices and CORS. Every problem is reported with its YAML path; rules
+between services (host names) are in `gateway.config.checks`."""
 
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ from gateway.config.model import (
 )
 from gateway.config.nodes import Node
 from gateway.config.rules import RuleError, compile_rule
-from gateway.http.routing import did_label
+
+# The keys of the two mappings read without a `Node` (also declared by `gateway.config.schema`).
+DYNAMIC_PRICE_KEYS = ("header", "min", "max")    # credits: {header, min, max}
+TOOL_PRICE_KEYS = ("credits",)                   # mcp.tools.NAME: {credits: N}
 
 
 def parse_services(
     node: Node | None, chains: Mapping[str, ChainConfig], max_body: int | None, problems: list[str]
 ) -> dict[str, ServiceConfig]:
     services: dict[str, ServiceConfig] = {}
-    seen_hosts: dict[str, str] = {}
     for sid, raw in (node.value.items() if node else ()):
         sid = str(sid)
         s = Node(raw, node.at(sid), problems)
@@ -44,7 +47,7 @@ def parse_services(
         service = ServiceConfig(
             id=sid,
             did=did,
-            did_label=did_label(did) if did else None,
+            did_label=v.did_label(did) if did else None,
             hosts=tuple(s.get("hosts", v.list_of(v.domain), ()) or ()),
             upstream=s.get("upstream", v.upstream_url),
             upstream_auth=_upstream_auth(s.child("upstream_auth")),
@@ -67,11 +70,6 @@ def parse_services(
             problems.append(f"{s.at('mcp')}: an erc721 pass plan has no credits to price tools with")
         if plan is not None and plan.standard == "erc721" and any(r.price for r in protected):
             problems.append(f"{s.at('protected_endpoints')}: an erc721 pass plan has no credits to price")
-        for host in (sid, service.did_label, *service.hosts):
-            if host and host in seen_hosts:
-                problems.append(f"{s.path}: host label {host!r} is also used by service {seen_hosts[host]!r}")
-            elif host:
-                seen_hosts[host] = sid
         s.done()
         services[sid] = service
     if node is not None and not services:
@@ -111,7 +109,7 @@ def _price(raw: Any) -> Price:
             raise ValueError("must be >= 0")
         return Price(fixed=raw)
     if isinstance(raw, Mapping):
-        unknown = set(raw) - {"header", "min", "max"}
+        unknown = set(raw) - set(DYNAMIC_PRICE_KEYS)
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}")
         lo, hi = raw.get("min", 0), raw.get("max")
@@ -156,7 +154,7 @@ def _tool_prices(raw: Any) -> dict[str, int]:
     prices = {}
     for name, price in raw.items():
         if isinstance(price, Mapping):
-            if set(price) != {"credits"}:
+            if set(price) != set(TOOL_PRICE_KEYS):
                 raise ValueError(f"tool {name!r}: only {{credits: N}} is allowed")
             price = price["credits"]
         try:

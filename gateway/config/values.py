@@ -20,6 +20,9 @@ _SIZE_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, 
 _HEX40 = re.compile(r"(?:0x)?([0-9a-fA-F]{40})")
 _HEX64 = re.compile(r"(?:0x)?([0-9a-fA-F]{64})")
 _TOKEN_CHARS = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_DID = re.compile(r"did:nv:([0-9a-fA-F]{64})")
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def _text(raw: Any) -> str:
@@ -148,17 +151,35 @@ def address(raw: Any) -> str:
 
 
 def private_key(raw: Any) -> str:
+    """A secp256k1 private key (the settlement operator's): 0x + 64 hex digits, 1 <= key < n."""
     m = _HEX64.fullmatch(_text(raw).strip()) if isinstance(raw, str) else None
     if not m:
         raise ValueError("not a private key (0x + 64 hex digits)")
+    # Why: 0 and numbers at or past the curve order are 64 hex digits yet no key; the settler
+    # would refuse them at start-up (eth_account), so the config refuses them first.
+    if not 1 <= int(m.group(1), 16) < _SECP256K1_ORDER:
+        raise ValueError("not a valid secp256k1 private key (must be between 1 and the curve order - 1)")
     return "0x" + m.group(1).lower()
 
 
 def did(raw: Any) -> str:
     text = _text(raw).strip()
-    if not re.fullmatch(r"did:nv:[0-9a-fA-F]{64}", text):
+    if not _DID.fullmatch(text):
         raise ValueError("not a did:nv:<64 hex> identifier")
     return text.lower()
+
+
+def did_label(did: str) -> str:
+    """`did:nv:<64 hex>` -> base36 (0-9a-z) of its 256-bit number: Nevermined's proxy host label."""
+    match = _DID.fullmatch(did) if isinstance(did, str) else None
+    if match is None:
+        raise ValueError(f"not a did:nv:<64 hex> identifier (got {did!r})")
+    number, digits = int(match.group(1), 16), []
+    while True:
+        number, digit = divmod(number, 36)
+        digits.append(_BASE36[digit])
+        if number == 0:
+            return "".join(reversed(digits))
 
 
 def header_name(raw: Any) -> str:
@@ -190,6 +211,9 @@ def existing_file(base_dir: Path) -> Callable[[Any], Path]:
     return parse
 
 
+# Key files are checked by the very loaders `gateway.auth` uses at start-up (imported lazily: the
+# one exception to "config imports nothing of the gateway"), so a file that passes here loads there.
+
 def signing_key_file(base_dir: Path) -> Callable[[Any], Path]:
     def parse(raw: Any) -> Path:
         from gateway.auth.issuer import check_signing_key
@@ -202,16 +226,46 @@ def signing_key_file(base_dir: Path) -> Callable[[Any], Path]:
     return parse
 
 
+def public_key_file(base_dir: Path) -> Callable[[Any], Path]:
+    """A PEM public key or certificate file, readable (what `TokenVerifier` loads)."""
+    def parse(raw: Any) -> Path:
+        from gateway.auth.issuer import load_public_key_file
+
+        path = existing_file(base_dir)(raw)
+        try:
+            load_public_key_file(path)
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+        return path
+    return parse
+
+
+def jwks_file(base_dir: Path) -> Callable[[Any], Path]:
+    """A JWKS document (JSON `{"keys": [...]}`), readable (what `TokenVerifier` loads)."""
+    def parse(raw: Any) -> Path:
+        from gateway.auth.issuer import load_jwks_file
+
+        path = existing_file(base_dir)(raw)
+        try:
+            load_jwks_file(path)
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+        return path
+    return parse
+
+
 def ledger_url(raw: Any, base_dir: Path = Path(".")) -> str:
-    """`sqlite:///PATH` (relative to the config's folder; `sqlite:////abs` is absolute) or `redis://...`.
+    """`sqlite:///PATH` (relative to the config's folder; `sqlite:////abs` is absolute).
 
     A sqlite URL comes back with an absolute path, so the process's working directory never matters."""
     text = non_empty(raw)
-    if text.startswith("sqlite:///"):
-        path = Path(text[len("sqlite:///"):])
-        if not path.name:
-            raise ValueError("sqlite:/// needs a file path")
-        return "sqlite:///" + str((base_dir / path).resolve())
-    if text.startswith(("redis://", "rediss://", "unix://")):
-        return text
-    raise ValueError("must be sqlite:///PATH or redis://HOST:PORT/DB")
+    # Why sqlite only: it is the one ledger this gateway has (`gateway.ledger`); any other scheme
+    # (redis://, postgres://) would pass here and stop `serve` at start-up.
+    if not text.startswith("sqlite:///"):
+        scheme = urlsplit(text).scheme  # only the scheme is repeated: a URL may hold a password
+        raise ValueError("must be sqlite:///PATH: SQLite is the only ledger this gateway has"
+                         + (f" (got a {scheme}:// URL)" if scheme else ""))
+    path = Path(text[len("sqlite:///"):])
+    if not path.name:
+        raise ValueError("sqlite:/// needs a file path")
+    return "sqlite:///" + str((base_dir / path).resolve())

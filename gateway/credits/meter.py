@@ -1,18 +1,18 @@
 """Credits on the request path: reserve before forwarding, charge on a 2xx status line.
 
-`Meter.reserve` holds the call's credits (a dynamic price holds its max) against
-the on-chain balance net of unsettled charges and open reservations, or refuses
-with 402 before anything is forwarded. `Meter.complete` turns the hold into a
-charge when the upstream's status line is 2xx (price: fixed, or the upstream's
-header clamped to min..max) and releases it otherwise. The charge is in the
-ledger before the client sees a byte of the answer.
+`Meter.reserve` holds the call's credits (a dynamic price holds its max) against the on-chain
+balance net of unsettled charges and open reservations, or raises `InsufficientCredits`
+(answered 402 by the http layer) before anything is forwarded. `Meter.complete` turns the hold
+into a charge when the upstream's status line is 2xx (price: fixed, or the upstream's header
+clamped to min..max) and releases it otherwise. The charge is in the ledger before the client
+sees a byte of the answer.
 
 A hold is written with a lifetime of the service's `timeout` + `metering.hold_margin` and is
 renewed by a timer it owns (`Keeper`, every third of that lifetime) for as long as its call is
 in flight, however slowly the client uploads: only the hold of a process that died expires. A
 charge takes only what is still held: if the hold expired anyway (a stalled process), the call
-is refused with 503 `hold_expired` and nothing is charged, because its credits may already
-have been held and spent by another call.
+is refused (`HoldExpired`, answered 503 `hold_expired`) and nothing is charged, because its
+credits may already have been held and spent by another call.
 """
 
 from __future__ import annotations
@@ -25,15 +25,28 @@ from typing import ClassVar
 import structlog
 
 from gateway.config.model import EndpointRule, Price, ServiceConfig
-from gateway.ledger import Account, InsufficientCredits, Ledger, Reservation, ReservationExpired
-from gateway.credits.prices import plan_document, price_of, require_pass
+from gateway import ledger as ledgers
+from gateway.ledger import Account, Ledger, Reservation, ReservationExpired
+from gateway.credits.prices import NotCovered, price_of, require_pass
 from gateway.ops.observability import Metrics
 from gateway.credits.plans import Balance, PlanChecker
-from gateway.http.problems import Problem
 
 log = structlog.get_logger("gateway.metering")
 RESERVATION_GRACE = 60.0  # default `metering.hold_margin`: a hold's lifetime past the service's timeout
 MIN_RENEW_EVERY = 0.05    # renewals never come faster than this (a tiny timeout in a test config)
+
+
+class InsufficientCredits(NotCovered):
+    """An erc1155 plan: the balance net of unsettled charges and holds cannot cover the call."""
+
+
+class HoldExpired(Exception):
+    """The hold expired before the call could be charged: nothing was charged."""
+
+    def __init__(self, reservation_id: str) -> None:
+        super().__init__("the credits held for this call expired before the upstream answered; "
+                         "nothing was charged, retry the call")
+        self.reservation_id = reservation_id
 
 
 class Keeper:
@@ -103,7 +116,7 @@ class Meter:
 
     async def reserve(self, service: ServiceConfig, rule: EndpointRule | None, subscriber: str,
                       request_id: str, price: Price | None = None) -> Hold | None:
-        """Hold the call's credits, or raise 402. None when nothing is metered (erc721 pass, price 0).
+        """Hold the call's credits, or raise `NotCovered`. None when nothing is metered (erc721 pass, price 0).
 
         `price`: decided for this very request (an MCP call priced by its tools); default: the rule's."""
         plan = service.plan
@@ -122,14 +135,13 @@ class Meter:
         try:
             reservation = await self._hold(self.ledger.reserve(
                 account, service.id, price.reserve, balance.amount, balance.read_at, request_id, ttl=ttl))
-        except InsufficientCredits as short:
+        except ledgers.InsufficientCredits as short:
             # Why: the balance net of unsettled charges and calls in flight cannot cover this call's
             # price (or an unpaid shortfall blocks the account); forward nothing, say how to pay.
-            doc = plan_document(service, chain_id, short.available) | {"credits": price.reserve}
             detail = (f"unpaid shortfall of {short.shortfall} credit(s) on this plan" if short.shortfall else
                       f"{short.available} credit(s) available, this call needs {price.reserve}")
-            extra = {"plan": doc} | ({"shortfall": short.shortfall} if short.shortfall else {})
-            raise Problem(402, "payment_required", detail, extra=extra) from None
+            raise InsufficientCredits(detail, service, chain_id, price.reserve, short.available,
+                                      short.shortfall) from None
         self.metrics.credits_reserved.labels(service.id).inc(price.reserve)
         hold = Hold(reservation, price, balance)
         hold.keeper = Keeper(self.ledger, reservation.id, ttl, request_id)
@@ -155,8 +167,7 @@ class Meter:
             # another call, so this answer is unpaid; whatever made the hold expire must not
             # earn anyone free work. Nothing is charged; the client may retry.
             log.error("charge_refused_hold_expired", reservation=hold.reservation.id)
-            raise Problem(503, "hold_expired", "the credits held for this call expired before the upstream "
-                          "answered; nothing was charged, retry the call") from None
+            raise HoldExpired(hold.reservation.id) from None
         return {"X-Credits-Charged": str(amount), "X-Credits-Remaining": str(remaining)}
 
     async def available(self, service: ServiceConfig, subscriber: str) -> int:

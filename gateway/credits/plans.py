@@ -9,7 +9,7 @@ price and the unsettled charges is the caller's job: this module only knows the 
   not wait long).
 - Concurrent misses for one key share ONE `eth_call`: a burst of requests from one subscriber
   costs the node one call, not a hundred.
-- Fail closed: when the chain cannot answer, the call is refused 503 `chain_unavailable`, unless
+- Fail closed: when the chain cannot answer, `PlanUnreadable` (503 `chain_unavailable`), unless
   `stale_if_error` allows a positive answer younger than `ttl + stale_if_error`. Never a zero or a
   guess: a gateway that lets calls through when it cannot see the chain gives the service away.
 """
@@ -25,7 +25,7 @@ from eth_abi import decode, encode
 
 from gateway.chain.rpc import ChainUnavailable, RpcError
 from gateway.config.model import PlanCacheConfig, PlanConfig
-from gateway.http.problems import Problem
+from gateway.inflight import InFlight
 from gateway.credits.shared_balances import SharedBalance, SharedBalances
 
 # Selectors (first 4 bytes of keccak of the signature), checked against eth_utils in the tests.
@@ -33,6 +33,16 @@ ERC1155_BALANCE_OF = bytes.fromhex("00fdd58e")  # balanceOf(address,uint256)
 ERC721_BALANCE_OF = bytes.fromhex("70a08231")  # balanceOf(address)
 
 CacheKey = tuple[str, str, "int | None", str]
+
+
+class PlanUnreadable(Exception):
+    """The plan's balance cannot be known (no RPC client for its chain, no node answered, or the
+    node answered an error): the call must be refused. The message is for the client (no RPC
+    URLs); the full reason is the `__cause__`."""
+
+    def __init__(self, chain: str, message: str) -> None:
+        super().__init__(message)
+        self.chain = chain
 
 
 class ChainReader(Protocol):
@@ -88,7 +98,7 @@ class PlanChecker:
         self._cache: TLRUCache[CacheKey, tuple[int, float, float]] = TLRUCache(
             maxsize=max(1, cache.size), ttu=self._expires, timer=clock
         )
-        self._inflight: dict[CacheKey, asyncio.Task[Balance]] = {}
+        self._inflight: InFlight[CacheKey, Balance] = InFlight()  # one eth_call per key at a time
         # hits: served from the cache; misses: not (each either started a call or joined one);
         # coalesced: misses that joined a call in flight; rpc_calls: eth_calls sent; errors: those
         # that failed; stale: failures answered with a stale positive balance.
@@ -98,7 +108,7 @@ class PlanChecker:
 
     @property
     def in_flight(self) -> int:
-        """Balance calls currently waiting for the chain (a gauge for metrics)."""
+        """Balance calls currently waiting for the chain (read by the tests; no metric exports it)."""
         return len(self._inflight)
 
     def _expires(self, _key: CacheKey, value: tuple[int, float, float], _now: float) -> float:
@@ -113,7 +123,7 @@ class PlanChecker:
         return (plan.chain, plan.contract, plan.token_id, subscriber.lower())
 
     async def balance(self, plan: PlanConfig, subscriber: str) -> int:
-        """The subscriber's balance on the plan; Problem(503, "chain_unavailable") when unknown."""
+        """The subscriber's balance on the plan; `PlanUnreadable` when unknown."""
         return (await self.read(plan, subscriber)).amount
 
     async def read(self, plan: PlanConfig, subscriber: str) -> Balance:
@@ -128,36 +138,23 @@ class PlanChecker:
                 self.stats["hits"] += 1
                 return Balance(balance, wall)
         self.stats["misses"] += 1
-        task = self._inflight.get(key)
-        if task is None:
-            calldata = balance_calldata(plan, subscriber)  # errors here belong to this caller only
-            task = asyncio.ensure_future(self._fetch(key, plan, calldata))
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: self._finished(key, done))
-        else:
+        if self._inflight.running(key):
             self.stats["coalesced"] += 1
-        # shield: a waiter that is cancelled (client gone) must not cancel the call the others share.
-        return await asyncio.shield(task)
-
-    def _finished(self, key: CacheKey, task: asyncio.Task[Balance]) -> None:
-        # Always runs, however the task ended, and before any waiter resumes: the next miss
-        # after a failure starts a new call instead of joining the failed one.
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: no "never retrieved" warning when every waiter left
+        # The calldata is built only by the caller that starts the call: its errors are that caller's.
+        # A waiter that is cancelled (client gone) does not cancel the call the others share.
+        return await self._inflight.run(key, lambda: self._fetch(key, plan, balance_calldata(plan, subscriber)))
 
     async def _fetch(self, key: CacheKey, plan: PlanConfig, calldata: bytes) -> Balance:
         reader = self._readers.get(plan.chain)
         if reader is None:
-            raise Problem(503, "chain_unavailable", f"chain {plan.chain!r} has no configured RPC client")
+            raise PlanUnreadable(plan.chain, f"chain {plan.chain!r} has no configured RPC client")
         shared_key = "|".join(map(str, key))
         if self._shared is not None:
             found = await self._shared.acquire(shared_key, self._config.ttl, self._config.negative_ttl)
             if found is not None:  # another worker read it (or just did): no second eth_call
                 self.stats["shared"] += 1
                 age = max(self._wall() - found.read_at, 0.0)
-                if self._inflight.get(key) is asyncio.current_task():
+                if self._inflight.is_current(key):
                     self._cache[key] = (found.amount, self._clock() - age, found.read_at)
                 return Balance(found.amount, found.read_at)
         try:
@@ -186,7 +183,7 @@ class PlanChecker:
             # the reason, the gateway does not know the balance, so it must not allow the call.
             self.stats["errors"] += 1
             return self._stale_or_refuse(key, plan, exc)
-        if self._inflight.get(key) is asyncio.current_task():  # not invalidated meanwhile
+        if self._inflight.is_current(key):  # not invalidated meanwhile
             self._cache[key] = (balance, started, wall)
         return Balance(balance, wall)
 
@@ -203,14 +200,16 @@ class PlanChecker:
         reason = "the node returned an error" if isinstance(exc, RpcError) else "no RPC node answered"
         # The detail goes to the client: no RPC URLs in it. The full reason is the __cause__.
         detail = f"cannot read the plan on chain {plan.chain!r}: {reason}; try again later"
-        raise Problem(503, "chain_unavailable", detail) from exc
+        raise PlanUnreadable(plan.chain, detail) from exc
 
     def invalidate(self, plan: PlanConfig, subscriber: str) -> None:
-        """Forget a subscriber's cached balance (e.g. after a settlement burned credits).
+        """Forget a subscriber's cached balance, so that the next call reads the chain.
 
         A call already in flight keeps answering its waiters but no longer writes the cache,
-        so a balance read before the burn cannot be cached after it.
+        so a balance read before a burn cannot be cached after it. Nothing in the gateway calls
+        this today (a settlement needs no invalidation: the ledger subtracts the charges settled
+        after a balance's `read_at`); the tests use it to see a balance they changed on chain.
         """
         key = self._key(plan, subscriber)
         self._cache.pop(key, None)
-        self._inflight.pop(key, None)
+        self._inflight.forget(key)

@@ -1,7 +1,9 @@
 """What a protected call costs and whether the subscriber's plan covers it.
 
-The decision is made here from the on-chain balance (SPEC §5); the 402 answer
-carries the plan so that a client (or an agent) knows where to buy credits.
+The decision is made here from the on-chain balance (SPEC §5). A call the plan does not cover
+raises `NotCovered` (a pass missing: `NoPass`; credits short: `meter.InsufficientCredits`),
+carrying what a client needs to pay; the http layer answers it 402 with the plan
+(`gateway.http.refusals`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,22 @@ from typing import Any
 
 from gateway.config.model import EndpointRule, Price, ServiceConfig
 from gateway.credits.plans import PlanChecker
-from gateway.http.problems import Problem
+
+
+class NotCovered(Exception):
+    """The subscriber's plan does not cover this call: `needed` credits (or 1 pass), `balance`
+    available now, `shortfall` an unpaid shortfall blocking the account (0: none). The message
+    says why, for the client."""
+
+    def __init__(self, message: str, service: ServiceConfig, chain_id: int, needed: int, balance: int,
+                 shortfall: int = 0) -> None:
+        super().__init__(message)
+        self.service, self.chain_id, self.needed = service, chain_id, needed
+        self.balance, self.shortfall = balance, shortfall
+
+
+class NoPass(NotCovered):
+    """An erc721 plan: the subscriber holds no pass."""
 
 
 def price_of(service: ServiceConfig, rule: EndpointRule | None) -> Price:
@@ -37,15 +54,14 @@ def plan_document(service: ServiceConfig, chain_id: int, balance: int | None = N
 
 
 async def require_pass(checker: PlanChecker, chain_id: int, service: ServiceConfig, subscriber: str) -> int:
-    """An erc721 plan: return the subscriber's pass count if they hold one; otherwise refuse with 402.
+    """An erc721 plan: return the subscriber's pass count if they hold one; otherwise raise `NoPass`.
 
-    (erc1155 credits are reserved by `metering.Meter`, which refuses with the same 402 shape.)"""
+    (erc1155 credits are reserved by `meter.Meter`, which raises `InsufficientCredits`.)"""
     plan = service.plan
     assert plan is not None and plan.standard == "erc721"
     balance = await checker.balance(plan, subscriber)
     if balance < 1:
-        # Why: the token is valid but the subscriber holds no pass; 402 tells the client how to
-        # buy one (the plan and where), and nothing is forwarded.
-        doc = plan_document(service, chain_id, balance) | {"credits": 1}
-        raise Problem(402, "payment_required", "this service needs a pass, and none is held", extra={"plan": doc})
+        # Why: the token is valid but the subscriber holds no pass; the refusal tells the client how
+        # to buy one (the plan and where), and nothing is forwarded.
+        raise NoPass("this service needs a pass, and none is held", service, chain_id, 1, balance)
     return balance

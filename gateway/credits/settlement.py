@@ -21,8 +21,6 @@ what is left and records a shortfall, which blocks the account until resolved.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -32,8 +30,10 @@ from eth_abi import decode, encode
 from eth_account import Account as EthAccount
 from eth_utils import function_signature_to_4byte_selector
 
-from gateway.chain.rpc import ChainUnavailable, JsonRpcClient, RpcError
+from gateway.chain.reader import ChainReader
+from gateway.chain.rpc import ChainUnavailable, RpcError
 from gateway.ledger import Ledger, PendingGroup, Settlement
+from gateway.ops.crash_points import crash_point  # a no-op test hook (see there)
 from gateway.ops.observability import Metrics
 from gateway.credits.plans import credits_calldata
 
@@ -55,12 +55,6 @@ MAX_BACKOFF = 600.0
 
 class SettlementRefused(Exception):
     """The chain would not accept the burn (a revert at estimation); the reason is decoded."""
-
-
-def crash_point(name: str) -> None:
-    """Test hook: `GATEWAY_CRASH_AT=<name>` kills the process here with SIGKILL (crash-safety tests)."""
-    if os.environ.get("GATEWAY_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def decode_revert(data: Any) -> str:
@@ -94,7 +88,7 @@ class Report:
 
 
 class Settler:
-    def __init__(self, ledger: Ledger, rpcs: Mapping[int, JsonRpcClient], operator_key: str,
+    def __init__(self, ledger: Ledger, rpcs: Mapping[int, ChainReader], operator_key: str,
                  settle_every: float, metrics: Metrics | None = None, clock=time.monotonic) -> None:
         self.ledger, self.rpcs, self.settle_every, self.clock = ledger, rpcs, settle_every, clock
         self.metrics = metrics or Metrics()
@@ -195,7 +189,7 @@ class Settler:
         report.sent.append(settlement.tx_hash)
         return settlement
 
-    async def _balance(self, rpc: JsonRpcClient, group: PendingGroup) -> int:
+    async def _balance(self, rpc: ChainReader, group: PendingGroup) -> int:
         a = group.account
         raw = await rpc.eth_call(a.contract, credits_calldata(a.subscriber, a.token_id))
         return decode(["uint256"], raw)[0]

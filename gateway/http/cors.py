@@ -11,8 +11,6 @@ classified and forwarded like any request).
 
 from __future__ import annotations
 
-from typing import Callable
-
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
@@ -27,12 +25,16 @@ UPSTREAM_CORS = frozenset({
     "access-control-allow-origin", "access-control-allow-credentials", "access-control-allow-methods",
     "access-control-allow-headers", "access-control-expose-headers", "access-control-max-age",
 })
-_KEY = web.RequestKey("gateway.http.cors", dict)  # the CORS headers this request's answer carries
 
 
 def is_preflight(request: web.Request) -> bool:
     return (request.method == "OPTIONS" and "Origin" in request.headers
             and "Access-Control-Request-Method" in request.headers)
+
+
+def requested_method(request: web.Request) -> str:
+    """The method a preflight asks about ("" when it names none)."""
+    return request.headers.get("Access-Control-Request-Method", "").strip().upper()
 
 
 def allowed_origin(cors: CorsConfig, origin: str | None) -> str | None:
@@ -44,33 +46,35 @@ def allowed_origin(cors: CorsConfig, origin: str | None) -> str | None:
     return origin if origin.lower() in cors.origins else None
 
 
-def remember(request: web.Request, cors: CorsConfig) -> None:
-    """Decide the CORS headers of this request's answer (whatever the answer turns out to be)."""
+def answer_headers(cors: CorsConfig | None, request: web.Request) -> dict[str, str] | None:
+    """The CORS headers of this request's answer, whatever the answer turns out to be (kept in
+    the request's scope); None for a service without `cors` (its answers are untouched)."""
+    if cors is None:
+        return None
     allow = allowed_origin(cors, request.headers.get("Origin"))
     headers = {"Vary": "Origin"} if "*" not in cors.origins else {}
     if allow is not None:
         headers["Access-Control-Allow-Origin"] = allow
         headers["Access-Control-Expose-Headers"] = ", ".join((*EXPOSE_HEADERS, *cors.expose_headers))
-    request[_KEY] = headers
-
-
-def answer_headers(request: web.Request, upstream: CIMultiDictProxy[str] | None = None) -> dict[str, str]:
-    """The remembered CORS headers, with `Vary` merged with the upstream's own."""
-    headers = dict(request.get(_KEY) or {})
-    if "Vary" in headers and upstream is not None and upstream.get("Vary"):
-        headers["Vary"] = f"{upstream['Vary']}, Origin"
     return headers
 
 
-def strip_upstream(request: web.Request) -> frozenset[str]:
-    """Upstream response headers to drop: with `cors` configured, the gateway's say is the only one."""
-    return UPSTREAM_CORS if _KEY in request else frozenset()
+def relay_headers(headers: dict[str, str] | None,
+                  upstream: CIMultiDictProxy[str]) -> tuple[dict[str, str], frozenset[str]]:
+    """For a relayed answer: the CORS headers to add (`Vary` merged with the upstream's own) and
+    the upstream headers to drop (with `cors` configured, the gateway's say is the only one)."""
+    if headers is None:
+        return {}, frozenset()
+    merged = dict(headers)
+    if "Vary" in merged and upstream.get("Vary"):
+        merged["Vary"] = f"{upstream['Vary']}, Origin"
+    return merged, UPSTREAM_CORS
 
 
-def decorate(request: web.Request, response: web.StreamResponse) -> None:
-    """Add the remembered headers to an answer that has not started yet (a relayed one carries them)."""
-    if _KEY in request and not response.prepared:
-        for name, value in answer_headers(request).items():
+def decorate(response: web.StreamResponse, headers: dict[str, str] | None) -> None:
+    """Add the CORS headers to an answer that has not started yet (a relayed one carries them)."""
+    if headers is not None and not response.prepared:
+        for name, value in headers.items():
             current = response.headers.get(name)
             if current is None:
                 response.headers[name] = value
@@ -78,21 +82,25 @@ def decorate(request: web.Request, response: web.StreamResponse) -> None:
                 response.headers[name] = f"{current}, {value}"
 
 
-def preflight(cors: CorsConfig, request: web.Request, path: str, exposes: Callable[[str], bool]) -> web.Response:
-    """Answer a preflight: 204 with what the browser may send, or a problem saying why not."""
+def preflight(cors: CorsConfig, request: web.Request, headers: dict[str, str], path: str,
+              exposed: bool) -> web.Response:
+    """Answer a preflight: 204 with what the browser may send, or a problem saying why not.
+
+    `exposed`: whether the method the preflight asks about is exposed on `path` (the pipeline
+    classified the request under that method)."""
     origin = request.headers.get("Origin")
     if allowed_origin(cors, origin) is None:
         raise Problem(403, "origin_not_allowed", f"origin {origin[:120]!r} may not call this service from a browser")
-    method = request.headers.get("Access-Control-Request-Method", "").strip().upper()
-    if not method or not exposes(method):
+    method = requested_method(request)
+    if not method or not exposed:
         # Why the same answer as the call itself would get: a preflight must not reveal more.
         raise Problem(404, "endpoint_not_exposed", f"{method or '(no method)'} {path} is not exposed")
-    headers = answer_headers(request)
-    headers.update({
+    answer = dict(headers)
+    answer.update({
         "Access-Control-Allow-Methods": method,
         "Access-Control-Allow-Headers": ", ".join((*ALLOW_HEADERS, *cors.allow_headers)),
         "Access-Control-Max-Age": str(int(cors.max_age)),
     })
-    if "Vary" in headers:
-        headers["Vary"] = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
-    return web.Response(status=204, headers=headers)
+    if "Vary" in answer:
+        answer["Vary"] = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+    return web.Response(status=204, headers=answer)

@@ -14,14 +14,13 @@ when it is compressed), priced, and forwarded as the very bytes the client sent:
 A batch holds at most `max_batch` messages (default 100; more is 400 before any pricing).
 Refusals of a priced call are JSON-RPC error objects (same HTTP status and headers), so that an
 MCP client shows the reason: the first error's `data` is the RFC 9457 problem, the others carry
-only its code, so a refused batch answers a bounded size. A 401 on the MCP path names
-the gateway's RFC 9728 metadata (`resource_metadata`), served at
-`/.well-known/oauth-protected-resource[<path>]`.
+only its code, so a refused batch answers a bounded size (written by `refusals`, from the scope's
+`McpCall`). A 401 on the MCP path names the gateway's RFC 9728 metadata (`resource_metadata`),
+served at `/.well-known/oauth-protected-resource[<path>]`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ from aiohttp import web
 
 from gateway.http import client_json
 from gateway.config.model import GatewayConfig, McpConfig, Price, ServiceConfig
-from gateway.http.problems import TITLES, Problem, problem_body, render
+from gateway.http.problems import Problem
 from gateway.http.routing import Decision, lax_form
 from gateway.http.upstream import decoded, read_raw
 
@@ -49,11 +48,6 @@ def classify(service: ServiceConfig, path: str) -> Decision | None:
     return None
 
 
-def is_free(service: ServiceConfig, decision: Decision, method: str) -> bool:
-    """A request on the MCP path that cannot run a tool: it needs a valid token, but no credits."""
-    return service.mcp is not None and decision.rule is service.mcp.rule and method in FREE_METHODS
-
-
 def log_rule(rule: str | None, tools: tuple[str, ...]) -> str:
     """The access log's `rule` for an MCP call: the tools it calls, bounded in count and length."""
     names = [name[:LOG_TOOL_NAME] for name in tools[:LOG_TOOLS]]
@@ -63,22 +57,28 @@ def log_rule(rule: str | None, tools: tuple[str, ...]) -> str:
 
 @dataclass(frozen=True)
 class McpCall:
-    """One POST on the MCP path: the bytes to forward, what they cost, and who to answer on refusal."""
+    """One request on the MCP path: the bytes to forward (None: streamed, nothing was read), what
+    they cost, and who to answer in JSON-RPC on refusal (`ids`; none: answered in problem JSON)."""
 
-    body: bytes
+    body: bytes | None
     price: Price
     tools: tuple[str, ...]          # tools called, in order (for logs)
     ids: tuple[Any, ...]            # ids of the JSON-RPC requests in the body
     batch: bool
 
-    def refusal(self, problem: Problem) -> Problem:
-        """The same problem, answered as JSON-RPC errors (when there is a request to answer)."""
-        return JsonRpcRefusal(problem, self.ids, self.batch) if self.ids else problem
+
+FREE = McpCall(None, Price(fixed=0), (), (), False)
 
 
 async def read_call(request: web.Request, service: ServiceConfig, decision: Decision) -> McpCall | None:
-    """Read and price a POST on the MCP path; None for anything else (streamed as usual)."""
-    if service.mcp is None or decision.rule is not service.mcp.rule or request.method != "POST":
+    """The MCP call a protected request makes: None off the MCP path (priced by its rule and
+    streamed as usual); `FREE` for a request that cannot run a tool (GET event stream, HEAD,
+    DELETE: it needs the token, but no credits); else the POST's body, read and priced."""
+    if service.mcp is None or decision.rule is not service.mcp.rule:
+        return None
+    if request.method in FREE_METHODS:
+        return FREE  # no JSON-RPC request in it: no tool runs, nothing is held
+    if request.method != "POST":
         return None
     raw = await read_raw(request, service.max_body)
     # Priced on what the upstream will read (the decoded body), forwarded as sent (`raw`).
@@ -116,43 +116,6 @@ def parse_messages(body: bytes) -> tuple[list[Any], bool]:
     if isinstance(data, list):
         return data, True
     return [data], False
-
-
-class JsonRpcRefusal(Problem):
-    """A refusal answered as JSON-RPC errors, one per request of the body."""
-
-    def __init__(self, problem: Problem, ids: tuple[Any, ...], batch: bool) -> None:
-        super().__init__(problem.status, problem.code, problem.detail, extra=problem.extra, headers=problem.headers)
-        self.ids, self.batch = ids, batch
-
-
-def render_refusal(problem: Problem, request_id: str) -> web.Response:
-    """RFC 9457 problem JSON, or, for a refused MCP call, JSON-RPC errors carrying the problem."""
-    if not isinstance(problem, JsonRpcRefusal):
-        return render(problem, request_id)
-    details = problem_body(problem, request_id)
-    message = f"{TITLES.get(problem.status, 'Error')}: {problem.detail}"
-    checkout = (problem.extra.get("plan") or {}).get("checkout_url")
-    if problem.status == 402 and checkout:
-        message += f"; buy credits at {checkout}"
-    # Why the HTTP status as the error code: outside JSON-RPC's reserved range, and the same
-    # number the HTTP layer already shows (402: payment required). Why the full problem only
-    # once: one copy per id made a refused batch answer megabytes; the others name its code.
-    short = {"code": problem.code, "request_id": request_id}
-    errors = [{"jsonrpc": "2.0", "id": rid, "error": {"code": problem.status, "message": message,
-                                                      "data": details if i == 0 else short}}
-              for i, rid in enumerate(problem.ids)]
-    return web.Response(status=problem.status, body=json.dumps(errors if problem.batch else errors[0]).encode(),
-                        content_type="application/json", headers={"X-Request-Id": request_id, **problem.headers})
-
-
-def with_resource_metadata(problem: Problem, service: ServiceConfig, decision: Decision | None, base: str) -> Problem:
-    """A 401 on the MCP path tells the client where the resource's metadata is (RFC 9728 §5.1)."""
-    challenge = problem.headers.get("WWW-Authenticate")
-    if problem.status == 401 and challenge and service.mcp and decision and decision.rule is service.mcp.rule:
-        problem.headers["WWW-Authenticate"] = (
-            f'{challenge}, resource_metadata="{base}{METADATA_PATH}{service.mcp.path}"')
-    return problem
 
 
 def resource_metadata(config: GatewayConfig, service: ServiceConfig, path: str, base: str) -> web.Response | None:

@@ -1,64 +1,42 @@
-"""The request path, top to bottom (SPEC §4-§9).
+"""The request path, top to bottom (SPEC §4-§9), in `Pipeline.decide`:
 
-route -> normalize -> (CORS preflight) -> classify -> (documents the gateway answers itself)
--> authenticate -> price (an MCP call: by its tools) -> reserve credits -> forward ->
-charge (on the status line) -> relay,
-every refusal raised as a `Problem` and answered in one place, one log line
-per request. Each step lives in its own module; this file only orders them.
+route -> normalize -> classify -> CORS (a preflight is answered here) -> the gateway's own
+answers (/.gateway/*, discovery documents) -> deny what is not exposed -> authenticate -> price
+(an MCP call: by its tools) -> reserve credits -> forward -> charge (on the status line) -> relay.
+
+What is learnt on the way is kept in one `Scope`; every refusal is raised (a `Problem`, or a
+domain error of the layers below) and answered in one place (`refusals.answer`); one access-log
+line per request. Each step lives in its own module; this file only orders them.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 
-from gateway.http import cors, mcp
+from gateway.auth.tokens import TokenVerifier
 from gateway.config.model import GatewayConfig, ServiceConfig
+from gateway.credits.meter import Meter
+from gateway.http import cors, mcp, refusals
+from gateway.http.headers import upstream_request_headers
 from gateway.http.own_endpoints import GatewayEndpoints
-from gateway.http.headers import request_id, upstream_request_headers
-from gateway.ops.observability import Metrics
-from gateway.credits.meter import Hold, Meter
-from gateway.credits.offer import add_header as with_payment_terms
 from gateway.http.plugin_documents import PluginDocuments
-from gateway.http.problems import Problem, render
+from gateway.http.problems import Problem
 from gateway.http.public_url import public_base
 from gateway.http.routing import Decision, ServiceRouter, classify, normalize_path
-from gateway.auth.tokens import TokenVerifier
+from gateway.http.scope import AccessLog, Scope
 from gateway.http.upstream import Handover, Upstream, carried_through, target_url
 from gateway.http.websocket import is_websocket, proxy_websocket
+from gateway.ops.observability import Metrics
 
 log = structlog.get_logger("gateway.access")
 
 
-@dataclass
-class Outcome:
-    """What the access log says about one request (never a token, never a secret)."""
-
-    request_id: str
-    method: str
-    path: str
-    service: str | None = None
-    rule: str | None = None
-    decision: str = "refused"
-    subscriber: str | None = None
-    status: int = 0
-    upstream_status: int | None = None
-    credits: int | None = None
-    code: str | None = None
-    duration_ms: float = 0.0
-
-
-@dataclass
-class Admitted:
-    """A call let through: who (None on open endpoints), its credit hold, its MCP call if priced so."""
-
-    subscriber: str | None = None
-    hold: Hold | None = None
-    call: mcp.McpCall | None = None
+def classify_call(service: ServiceConfig, method: str, path: str) -> Decision:
+    """The MCP path first (protected for every method), then the service's endpoint rules."""
+    return mcp.classify(service, path) or classify(service, method, path)
 
 
 class Pipeline:
@@ -79,169 +57,118 @@ class Pipeline:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Answer one request; write its access-log line whatever happens (client gone included)."""
         started = time.perf_counter()
-        raw_path, _, query = request.raw_path.partition("?")
-        out = Outcome(request_id(request.headers.get("X-Request-Id")), request.method, raw_path)
-        out.status = 499  # stays so only if the client went away first (nginx's convention)
+        scope = Scope.of(request)
         try:
             try:
-                response = await self._decide_and_forward(request, raw_path, query, out)
-            except Problem as problem:
-                out.code = problem.code
-                response = mcp.render_refusal(problem, out.request_id)  # problem JSON (JSON-RPC for MCP calls)
-            except RequestPayloadError:
-                # The body's framing broke (a bad chunk): the client's fault, not a bug (edge_errors).
-                out.code = "bad_request"
-                response = render(Problem(400, "bad_request", "malformed request body"), out.request_id)
-            except Exception:
-                # A bug, not a decision: answer in the same problem format and keep the traceback.
-                log.exception("unhandled_error", request_id=out.request_id)
-                out.code = "internal_error"
-                response = render(Problem(500, "internal_error", "unexpected gateway error"), out.request_id)
-            cors.decorate(request, response)  # answers already streaming carry them from the relay
-            out.status = response.status
+                response = await self.decide(request, scope)
+            except Exception as error:  # noqa: BLE001 - refusals, and bugs (500, traceback logged)
+                response = refusals.answer(error, scope)
+            cors.decorate(response, scope.cors)  # answers already streaming carry them from the relay
+            scope.log.status = response.status
             return response
         finally:
-            out.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-            self._record(out)
+            scope.log.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            self._record(scope.log)
 
-    def _record(self, out: Outcome) -> None:
-        self.metrics.requests.labels(out.service or "", out.decision, str(out.status)).inc()
-        self.metrics.duration.labels(out.decision).observe(out.duration_ms / 1000)
-        log.info("request", **vars(out))
-
-    async def _decide_and_forward(
-        self, request: web.Request, raw_path: str, query: str, out: Outcome
-    ) -> web.StreamResponse:
+    async def decide(self, request: web.Request, scope: Scope) -> web.StreamResponse:
+        """The whole decision about one request, in order; every refusal is raised."""
         service = self.router.resolve(request.headers.get("Host"))
-        out.service = service.id
-        path = out.path = normalize_path(raw_path)  # what is authorized is exactly what is forwarded
-        decision = self._classify(service, request.method, path)
-        out.rule, out.decision = decision.rule_name, decision.kind
-        if (answer := await self._answer_locally(request, service, path, decision, out)) is not None:
-            return answer
+        scope.routed(service, public_base(self.config, request))
+        scope.normalized(normalize_path(scope.raw_path))  # what is authorized is exactly what is forwarded
+        preflight = service.cors is not None and cors.is_preflight(request)
+        # A preflight is classified under the method it asks about: that one decision answers it.
+        method = cors.requested_method(request) if preflight else request.method
+        decision = scope.classified(classify_call(service, method, scope.path))
+        scope.cors = cors.answer_headers(service.cors, request)  # on every answer, refusals included
+        if preflight:
+            # A browser asking whether it may call: it sends no token, so the gateway answers.
+            scope.answered_by_gateway("preflight")
+            exposed = scope.path.startswith("/.gateway/") or decision.kind != "not_exposed"
+            return cors.preflight(service.cors, request, scope.cors, scope.path, exposed)
+        if scope.path.startswith("/.gateway/"):
+            # The gateway's own endpoints: answered here, never forwarded.
+            scope.answered_by_gateway("gateway")
+            return await self.endpoints.handle(request, service, scope.path)
+        if decision.kind != "protected" and (document := await self._own_document(request, scope)):
+            scope.answered_by_gateway("gateway", keep_rule=True)  # protected documents are forwarded
+            return document
         if decision.kind == "not_exposed":
             # Deny by default: only what the owner listed is reachable.
-            raise Problem(404, "endpoint_not_exposed", f"{request.method} {path} is not exposed by {service.id}")
-        admitted = await self._admit(request, service, decision, out)
-        return await self._forward(request, service, path, query, admitted, out)
+            raise Problem(404, "endpoint_not_exposed",
+                          f"{request.method} {scope.path} is not exposed by {service.id}")
+        if decision.kind == "protected":
+            scope.authenticated(await self._authenticate(request, service))
+            if scope.subscriber != service.owner:  # the owner's own calls are free, never charged
+                scope.priced(await mcp.read_call(request, service, decision))  # MCP: by its tools
+                price = scope.call.price if scope.call else None  # else the rule's
+                scope.hold = await self.meter.reserve(service, decision.rule, scope.subscriber, scope.request_id,
+                                                      price=price)
+        return await self._forward(request, scope)
 
-    async def _answer_locally(self, request: web.Request, service: ServiceConfig, path: str, decision: Decision,
-                              out: Outcome) -> web.StreamResponse | None:
-        """What the gateway answers itself: CORS preflights, /.gateway/*, discovery documents."""
-        if service.cors is not None:
-            cors.remember(request, service.cors)
-            if cors.is_preflight(request):
-                # A browser asking whether it may call: it sends no token, so the gateway answers.
-                out.decision, out.rule = "preflight", None
-                return cors.preflight(service.cors, request, path, lambda method: self._exposes(service, method, path))
-        if path.startswith("/.gateway/"):
-            # The gateway's own endpoints: answered here, never forwarded.
-            out.decision, out.rule = "gateway", None
-            return await self.endpoints.handle(request, service, path)
-        if decision.kind != "protected" and (document := await self._own_document(request, service, path)):
-            out.decision = "gateway"  # a discovery document the gateway writes (protected ones are forwarded)
-            return document
-        return None
+    def _record(self, line: AccessLog) -> None:
+        self.metrics.requests.labels(line.service or "", line.decision, str(line.status)).inc()
+        self.metrics.duration.labels(line.decision).observe(line.duration_ms / 1000)
+        log.info("request", **vars(line))
 
-    async def _admit(self, request: web.Request, service: ServiceConfig, decision: Decision,
-                     out: Outcome) -> Admitted:
-        """Who calls and what it costs: authenticate, price, reserve (protected calls only)."""
-        if decision.kind != "protected":
-            return Admitted()
-        subscriber = out.subscriber = await self._authenticate(request, service, decision)
-        if subscriber == service.owner:
-            return Admitted(subscriber)  # the owner's own calls are free, never charged
-        if mcp.is_free(service, decision, request.method):
-            return Admitted(subscriber)  # an MCP event stream or session end: no tool runs, nothing held
-        call = await mcp.read_call(request, service, decision)  # an MCP POST: priced by its tools
-        if call is not None and call.tools:
-            out.rule = mcp.log_rule(out.rule, call.tools)  # bounded: a batch may name many tools
-        return Admitted(subscriber, await self._reserve(request, service, decision, subscriber, out, call), call)
-
-    async def _forward(self, request: web.Request, service: ServiceConfig, path: str, query: str,
-                       admitted: Admitted, out: Outcome) -> web.StreamResponse:
-        """Send upstream; charge on its status line (or release); relay its answer as it streams."""
-        hold, call = admitted.hold, admitted.call
-        try:  # from here on, every way out charges or releases the hold
-            headers = upstream_request_headers(
-                request.headers, service, peer=request.remote, public_host=request.headers.get("Host", ""),
-                public_scheme=self.config.public_scheme, req_id=out.request_id, subscriber=admitted.subscriber,
-                trusted_proxies=self.config.trusted_proxies,
-            )
-            url = target_url(service, path, query)
-            if is_websocket(request):
-                return await proxy_websocket(request, self.upstream.session, url, headers, service.timeout,
-                                             on_open=lambda: self._charge(hold, 200, {}, out))
-            handover = Handover()
-            sending = self._send_and_charge(request, service, url, headers, admitted, out, handover)
-            if hold is None:  # nothing to charge: a client that leaves simply cuts the call off
-                upstream, credit_headers = await sending
-            else:  # a metered call the upstream has in full is carried through, and paid
-                upstream, credit_headers = await carried_through(
-                    sending, handover, abandon=lambda result: result[0].release(), request_id=out.request_id)
-        except BaseException:
-            await self.meter.release(hold)  # refused, unreachable, timed out, or the client left early
-            raise
-        strip = frozenset({hold.price.header.lower()}) if hold and hold.price.is_dynamic else frozenset()
-        extra = {"X-Request-Id": out.request_id, **credit_headers, **cors.answer_headers(request, upstream.headers)}
-        return await self.upstream.relay(request, upstream, extra, strip | cors.strip_upstream(request))
-
-    async def _send_and_charge(self, request: web.Request, service: ServiceConfig, url, headers,
-                               admitted: Admitted, out: Outcome, handover: Handover):
-        """Send the request; on the upstream's status line charge a 2xx (or release the hold)."""
-        call = admitted.call
-        upstream = await self.upstream.send(request, service, url, headers, call.body if call else None, handover)
-        handover.done = True  # the upstream answered: whatever it did is done
-        out.upstream_status = upstream.status
-        try:
-            return upstream, await self._charge(admitted.hold, upstream.status, upstream.headers, out)
-        except Problem as problem:
-            upstream.release()
-            raise call.refusal(problem) if call else problem  # a refused MCP call is answered in JSON-RPC
-        except BaseException:
-            upstream.release()
-            raise
-
-    @staticmethod
-    def _classify(service: ServiceConfig, method: str, path: str) -> Decision:
-        return mcp.classify(service, path) or classify(service, method, path)
-
-    def _exposes(self, service: ServiceConfig, method: str, path: str) -> bool:
-        return path.startswith("/.gateway/") or self._classify(service, method, path).kind != "not_exposed"
-
-    async def _authenticate(self, request: web.Request, service: ServiceConfig, decision: Decision | None) -> str:
-        """The subscriber's address from a valid token, or a 401/403 problem."""
-        try:
-            who = await self.tokens.verify(
-                request.headers.get("Authorization"), service, self.config.public_url(service)
-            )
-        except Problem as problem:
-            # An MCP client learns from the challenge where to get a token (RFC 9728).
-            raise mcp.with_resource_metadata(problem, service, decision, public_base(self.config, request))
+    async def _authenticate(self, request: web.Request, service: ServiceConfig) -> str:
+        """The subscriber's address from a valid token (or a 401/403 problem)."""
+        who = await self.tokens.verify(request.headers.get("Authorization"), service,
+                                       self.config.public_url(service))
         return who.address
 
-    async def _reserve(self, request: web.Request, service: ServiceConfig, decision: Decision, subscriber: str,
-                       out: Outcome, call: mcp.McpCall | None) -> Hold | None:
-        try:
-            return await self.meter.reserve(service, decision.rule, subscriber, out.request_id,
-                                            price=call.price if call else None)
-        except Problem as problem:
-            # A 402 carries machine-readable terms; a refused MCP call is answered in JSON-RPC.
-            problem = with_payment_terms(problem, public_base(self.config, request), out.path)
-            raise call.refusal(problem) if call else problem
-
-    async def _own_document(self, request: web.Request, service: ServiceConfig, path: str) -> web.Response | None:
+    async def _own_document(self, request: web.Request, scope: Scope) -> web.Response | None:
         """Discovery documents the gateway writes itself: the plugin manifest and its OpenAPI
         document (upstream URLs rewritten), and an MCP service's protected-resource metadata."""
         if request.method not in ("GET", "HEAD"):
             return None
-        base = public_base(self.config, request)
-        return (mcp.resource_metadata(self.config, service, path, base)
-                or await self.plugin_documents.answer(request, service, path, base))
+        assert scope.service is not None
+        return (mcp.resource_metadata(self.config, scope.service, scope.path, scope.base)
+                or await self.plugin_documents.answer(request, scope.service, scope.path, scope.base))
 
-    async def _charge(self, hold: Hold | None, status: int, headers, out: Outcome) -> dict[str, str]:
-        credit_headers = await self.meter.complete(hold, status, headers)
+    async def _forward(self, request: web.Request, scope: Scope) -> web.StreamResponse:
+        """Send upstream; charge on its status line (or release); relay its answer as it streams."""
+        service, hold = scope.service, scope.hold
+        assert service is not None
+        try:  # from here on, every way out charges or releases the hold
+            headers = upstream_request_headers(
+                request.headers, service, peer=request.remote, public_host=request.headers.get("Host", ""),
+                public_scheme=self.config.public_scheme, req_id=scope.request_id, subscriber=scope.subscriber,
+                trusted_proxies=self.config.trusted_proxies,
+            )
+            url = target_url(service, scope.path, scope.query)
+            if is_websocket(request):
+                return await proxy_websocket(request, self.upstream.session, url, headers, service.timeout,
+                                             on_open=lambda: self._charge(scope, 200, {}))
+            handover = Handover()
+            sending = self._send_and_charge(request, scope, url, headers, handover)
+            if hold is None:  # nothing to charge: a client that leaves simply cuts the call off
+                upstream, credit_headers = await sending
+            else:  # a metered call the upstream has in full is carried through, and paid
+                upstream, credit_headers = await carried_through(
+                    sending, handover, abandon=lambda result: result[0].release(), request_id=scope.request_id)
+        except BaseException:
+            await self.meter.release(hold)  # refused, unreachable, timed out, or the client left early
+            raise
+        strip = frozenset({hold.price.header.lower()}) if hold and hold.price.is_dynamic else frozenset()
+        cors_headers, cors_strip = cors.relay_headers(scope.cors, upstream.headers)
+        extra = {"X-Request-Id": scope.request_id, **credit_headers, **cors_headers}
+        return await self.upstream.relay(request, upstream, extra, strip | cors_strip)
+
+    async def _send_and_charge(self, request: web.Request, scope: Scope, url, headers, handover: Handover):
+        """Send the request; on the upstream's status line charge a 2xx (or release the hold)."""
+        body = scope.call.body if scope.call else None  # an MCP call's body was read to price it
+        upstream = await self.upstream.send(request, scope.service, url, headers, body, handover)
+        handover.done = True  # the upstream answered: whatever it did is done
+        scope.log.upstream_status = upstream.status
+        try:
+            return upstream, await self._charge(scope, upstream.status, upstream.headers)
+        except BaseException:
+            upstream.release()
+            raise
+
+    async def _charge(self, scope: Scope, status: int, headers) -> dict[str, str]:
+        credit_headers = await self.meter.complete(scope.hold, status, headers)
         if credit_headers:
-            out.credits = int(credit_headers["X-Credits-Charged"])
-            self.metrics.credits_charged.labels(out.service or "").inc(out.credits)
+            scope.log.credits = int(credit_headers["X-Credits-Charged"])
+            self.metrics.credits_charged.labels(scope.log.service or "").inc(scope.log.credits)
         return credit_headers

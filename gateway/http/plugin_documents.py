@@ -11,13 +11,14 @@ under `/.well-known/` passes through untouched.
 "The upstream's origin" is the origin of `upstream` in the config plus the origin the manifest's
 `api.url` declares (a plugin that writes its own public URL, e.g. https://songs.example.com).
 Upstream answers are cached for `ttl` seconds (a 404 too: a service that is not a plugin is asked
-once per `ttl`; other failures for less); concurrent misses share one fetch. Upstream failures are problems: 502 `upstream_unavailable` / `bad_upstream_document`,
-504 `upstream_timeout`, and 404 when the upstream has no such document.
+once per `ttl`; other failures for less); concurrent misses share one fetch (`gateway.inflight`).
+Upstream failures are problems (`gateway.http.upstream.upstream_problem`): 502
+`upstream_unavailable` / `bad_upstream_document`, 504 `upstream_timeout`, and 404 when the
+upstream has no such document.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import time
@@ -34,6 +35,8 @@ from ruamel.yaml.error import YAMLError
 from gateway.config.model import ServiceConfig
 from gateway.http.problems import Problem
 from gateway.http.routing import normalize_path
+from gateway.http.upstream import UPSTREAM_ERRORS, bad_upstream_document, upstream_problem
+from gateway.inflight import InFlight
 
 MANIFEST_PATH = "/.well-known/ai-plugin.json"
 USER_HTTP_BEARER = {"type": "user_http", "authorization_type": "bearer"}
@@ -58,7 +61,7 @@ class PluginDocuments:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.session, self.ttl, self.error_ttl, self.clock = session, ttl, error_ttl, clock
         self._cache: TTLCache[tuple[str, str], tuple[float, _Fetched]] = TTLCache(maxsize=1024, ttl=ttl, timer=clock)
-        self._inflight: dict[tuple[str, str], asyncio.Future[_Fetched]] = {}
+        self._inflight: InFlight[tuple[str, str], _Fetched] = InFlight()
 
     async def answer(self, request: web.Request, service: ServiceConfig, path: str, base: str) -> web.Response | None:
         """The rewritten document for `path`, or None when `path` is not one of them (forward it)."""
@@ -91,23 +94,15 @@ class PluginDocuments:
         cached = self._cache.get(key)
         if cached is not None and self.clock() < cached[0]:
             return cached[1]
-        future = self._inflight.get(key)
-        if future is None:
-            future = asyncio.ensure_future(self._get(service, path))
-            self._inflight[key] = future
-            future.add_done_callback(lambda done: self._store(key, done))
-        # shield: a client that leaves must not cancel the fetch others are waiting for.
-        return await asyncio.shield(future)
+        # Concurrent misses share one fetch; a client that leaves does not cancel it for the others.
+        return await self._inflight.run(key, lambda: self._fetch_and_store(key, service, path))
 
-    def _store(self, key: tuple[str, str], done: asyncio.Future[_Fetched]) -> None:
-        if self._inflight.get(key) is done:
-            del self._inflight[key]
-        if done.cancelled() or done.exception() is not None:
-            return
-        fetched = done.result()
+    async def _fetch_and_store(self, key: tuple[str, str], service: ServiceConfig, path: str) -> _Fetched:
+        fetched = await self._get(service, path)
         # A missing document (404) is as stable an answer as a document; other failures may pass soon.
         failed = fetched.problem is not None and fetched.problem.status != 404
         self._cache[key] = (self.clock() + (self.error_ttl if failed else self.ttl), fetched)
+        return fetched
 
     async def _get(self, service: ServiceConfig, path: str) -> _Fetched:
         """GET the document from the upstream with the owner's credential (and nothing of the client's)."""
@@ -121,20 +116,14 @@ class PluginDocuments:
                 if resp.status in (404, 410):
                     return _Fetched(problem=Problem(404, "endpoint_not_exposed", f"the upstream has no {path}"))
                 if resp.status != 200:
-                    return _Fetched(problem=_bad(f"the upstream answered {resp.status} for {path}"))
+                    return _Fetched(problem=bad_upstream_document(f"the upstream answered {resp.status} for {path}"))
                 body = await resp.content.read(MAX_DOCUMENT + 1)
                 if len(body) > MAX_DOCUMENT:
-                    return _Fetched(problem=_bad(f"the upstream's {path} is larger than {MAX_DOCUMENT} bytes"))
+                    return _Fetched(problem=bad_upstream_document(
+                        f"the upstream's {path} is larger than {MAX_DOCUMENT} bytes"))
                 return _Fetched(body.decode("utf-8", errors="replace"), resp.headers.get("Content-Type", ""))
-        except asyncio.TimeoutError:
-            problem = Problem(504, "upstream_timeout", f"upstream did not answer within {service.timeout:g}s")
-            return _Fetched(problem=problem)
-        except aiohttp.ClientError as exc:
-            return _Fetched(problem=Problem(502, "upstream_unavailable", f"upstream unreachable: {type(exc).__name__}"))
-
-
-def _bad(detail: str) -> Problem:
-    return Problem(502, "bad_upstream_document", detail)
+        except UPSTREAM_ERRORS as exc:
+            return _Fetched(problem=upstream_problem(exc, service.timeout))
 
 
 def _manifest(fetched: _Fetched, path: str) -> dict[str, Any]:
@@ -143,9 +132,9 @@ def _manifest(fetched: _Fetched, path: str) -> dict[str, Any]:
     try:
         manifest = json.loads(fetched.text)
     except (ValueError, RecursionError):  # the owner's upstream, but bad nesting is a 502, not a crash
-        raise _bad(f"the upstream's {path} is not JSON") from None
+        raise bad_upstream_document(f"the upstream's {path} is not JSON") from None
     if not isinstance(manifest, dict):
-        raise _bad(f"the upstream's {path} is not a JSON object")
+        raise bad_upstream_document(f"the upstream's {path} is not a JSON object")
     return manifest
 
 
@@ -211,9 +200,9 @@ def rewrite_openapi(document: _Fetched, origins: set[tuple[str, str, int]], base
     try:
         tree = json.loads(document.text) if is_json else yaml.load(document.text)
     except (ValueError, YAMLError, RecursionError):
-        raise _bad(f"the upstream's {path} is not {'JSON' if is_json else 'YAML'}") from None
+        raise bad_upstream_document(f"the upstream's {path} is not {'JSON' if is_json else 'YAML'}") from None
     if not isinstance(tree, dict):
-        raise _bad(f"the upstream's {path} is not an OpenAPI document")
+        raise bad_upstream_document(f"the upstream's {path} is not an OpenAPI document")
     rewrite_urls(tree, origins, base)
     servers = tree.get("servers")
     if not isinstance(servers, list) or not servers:

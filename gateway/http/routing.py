@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Iterable, Literal, NoReturn
 
 from gateway.config.model import EndpointRule, ServiceConfig
+from gateway.config.values import did_label  # noqa: F401 - computed by the config, re-exported
 from gateway.http.problems import Problem
 
-_DID = re.compile(r"did:nv:([0-9a-fA-F]{64})")
-_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _PORT = re.compile(r":[0-9]*")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -27,19 +26,6 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _PATH_SAFE = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
 _WELL_KNOWN = "/.well-known/"
 _MAX_ECHO = 120  # how much of a bad Host header a 404 detail repeats
-
-
-def did_label(did: str) -> str:
-    """`did:nv:<64 hex>` -> base36 (0-9a-z) of its 256-bit number: Nevermined's proxy host label."""
-    match = _DID.fullmatch(did) if isinstance(did, str) else None
-    if match is None:
-        raise ValueError(f"not a did:nv:<64 hex> identifier (got {did!r})")
-    number, digits = int(match.group(1), 16), []
-    while True:
-        number, digit = divmod(number, 36)
-        digits.append(_BASE36[digit])
-        if number == 0:
-            return "".join(reversed(digits))
 
 
 class ServiceRouter:
@@ -55,7 +41,8 @@ class ServiceRouter:
             for name in names:
                 key = name.strip().lower().rstrip(".")
                 other = self._by_host.get(key)
-                # Why: two services on one host would make routing depend on config order.
+                # Why: two services on one host would make routing depend on config order. The config
+                # refuses this first (gateway.config.checks.check_hosts); kept here as a guard.
                 if other is not None and other.id != service.id:
                     raise ValueError(f"host {key!r} is claimed by services {other.id!r} and {service.id!r}")
                 self._by_host[key] = service
@@ -223,7 +210,8 @@ class Decision:
 
 
 def classify(service: ServiceConfig, method: str, path: str) -> Decision:
-    """Classify a normalized path (from `normalize_path`); `/.gateway/` is handled before this.
+    """Classify a normalized path (from `normalize_path`). `/.gateway/` paths are classified too;
+    the pipeline answers them itself, whatever the decision.
 
     Protected rules first, then open rules, then the implicit "GET/HEAD under /.well-known/ is
     open"; nothing matched: not_exposed. A rule that allows GET also allows HEAD (RFC 9110:

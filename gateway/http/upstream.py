@@ -7,6 +7,11 @@ chunk by chunk as it arrives (SSE, chunked, long downloads). Bytes pass
 through untouched both ways: neither the server (`auto_decompress` off) nor
 the client session decompresses; `read_bounded` decodes a body, bounded, for
 the readers that must look inside it.
+
+Every upstream failure becomes a refusal through `upstream_problem` (forwarding here, the
+WebSocket handshake in `websocket`, plugin documents in `plugin_documents`): 504
+`upstream_timeout`, 502 `upstream_unavailable`; `bad_upstream_document` for a document the
+gateway must read and cannot.
 """
 
 from __future__ import annotations
@@ -31,6 +36,26 @@ log = structlog.get_logger("gateway.upstream")
 CHUNK = 64 * 1024
 DECODE_INLINE = 2 * 1024  # compressed bodies up to this size (~2 MB decoded at most) are decoded inline
 T = TypeVar("T")
+# What a failed upstream call raises (aiohttp's ServerTimeoutError is both: a timeout wins).
+UPSTREAM_ERRORS = (asyncio.TimeoutError, aiohttp.ClientError)
+
+
+def upstream_problem(exc: BaseException, timeout: float | None = None) -> Problem:
+    """The refusal for an upstream call that failed with `exc` (one of UPSTREAM_ERRORS): 504
+    `upstream_timeout` when it did not answer (within `timeout` seconds, when that is what bounded
+    it), otherwise 502 `upstream_unavailable`."""
+    if isinstance(exc, asyncio.TimeoutError):  # first: aiohttp's ServerTimeoutError is also a ClientError
+        within = f"within {timeout:g}s" if timeout is not None else "in time"
+        return Problem(504, "upstream_timeout", f"upstream did not answer {within}")
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return Problem(502, "upstream_unavailable", f"upstream refused the WebSocket upgrade ({exc.status})")
+    # Why only the type: the message can name the upstream's internal address, not the client's business.
+    return Problem(502, "upstream_unavailable", f"upstream unreachable: {type(exc).__name__}")
+
+
+def bad_upstream_document(detail: str) -> Problem:
+    """502: the upstream answered, but not with a document the gateway can read (plugin documents)."""
+    return Problem(502, "bad_upstream_document", detail)
 
 
 def create_session(total_connections: int = 10_000) -> aiohttp.ClientSession:
@@ -176,13 +201,13 @@ class Upstream:
             )
             self.metrics.upstream_duration.labels(service.id).observe(time.perf_counter() - started)
             return response
-        except asyncio.TimeoutError:  # first: aiohttp's ServerTimeoutError is also a ClientError
-            raise Problem(504, "upstream_timeout", f"upstream did not answer within {service.timeout:g}s") from None
+        except asyncio.TimeoutError as exc:  # first: aiohttp's ServerTimeoutError is also a ClientError
+            raise upstream_problem(exc, service.timeout) from None
         except (BodyTooLarge, aiohttp.ClientError) as exc:
             # aiohttp wraps an error raised by the body generator in a ClientError: check the flag.
             if body is not None and body.exceeded:
                 raise Problem(413, "body_too_large", f"request body exceeds {service.max_body} bytes") from None
-            raise Problem(502, "upstream_unavailable", f"upstream unreachable: {type(exc).__name__}") from None
+            raise upstream_problem(exc, service.timeout) from None
 
     async def relay(
         self,

@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.http.problems import Problem
+from gateway.http.upstream import UPSTREAM_ERRORS, upstream_problem
 
 # The handshake headers aiohttp's ws_connect sets itself.
 _HANDSHAKE = frozenset(
@@ -42,12 +42,9 @@ async def proxy_websocket(
             ws_url, headers=upstream_headers, protocols=protocols, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout),
             autoping=True,
         )
-    except aiohttp.WSServerHandshakeError as exc:
-        raise Problem(502, "upstream_unavailable", f"upstream refused the WebSocket upgrade ({exc.status})") from None
-    except asyncio.TimeoutError:
-        raise Problem(504, "upstream_timeout", "upstream did not accept the WebSocket in time") from None
-    except aiohttp.ClientError as exc:
-        raise Problem(502, "upstream_unavailable", f"upstream unreachable: {type(exc).__name__}") from None
+    except UPSTREAM_ERRORS as exc:  # a refused upgrade (WSServerHandshakeError) included
+        # No `timeout` in the detail: the handshake is bounded by the session, not the service's timeout.
+        raise upstream_problem(exc) from None
 
     try:
         extra = await on_open() if on_open else {}

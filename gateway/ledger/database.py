@@ -34,7 +34,7 @@ Migration = str  # one SQL script; its position in the list (from 1) is its vers
 
 def sqlite_path(url: str) -> Path:
     """`sqlite:///relative/or/absolute/path.db` -> Path (`sqlite:////abs` is also absolute)."""
-    if not url.startswith("sqlite:///"):
+    if not url.startswith("sqlite:///"):  # a guard: gateway.config.values.ledger_url refuses it first
         raise ValueError(f"not a sqlite:/// URL: {url}")
     return Path(url[len("sqlite:///"):])
 

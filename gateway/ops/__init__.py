@@ -2,5 +2,6 @@
 metrics, settle now), logs and metrics (`observability`), `gateway usage` and `shortfall resolve`
 (`usage`), and `gateway import-openapi` (`openapi_import`).
 
-May import: config, credits, ledger, chain.
+May import: config, credits, ledger, chain, http.headers (the `Server` header), and `gateway.runtime` (the composition root's types, for
+the admin listener).
 """

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway.app import STATE
+from gateway.runtime import RUNTIME, Runtime
 from gateway.http.headers import set_server_header
 
 STUCK_AFTER = 3  # settle periods (and at least 5 minutes)
@@ -24,34 +24,34 @@ STUCK_AFTER = 3  # settle periods (and at least 5 minutes)
 def build_admin_app(public: web.Application) -> web.Application:
     admin = web.Application()
     admin.on_response_prepare.append(set_server_header)  # no versions on the operator side either
-    state = public[STATE]
+    runtime = public[RUNTIME]
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        chains = await _probe_chains(state)
-        ledger_ok = await _ledger_writable(state)
-        lag = await state["ledger"].oldest_unsettled_age()
-        limit = max(STUCK_AFTER * state["config"].metering.settle_every, 300.0)
-        settling = state.get("settler") is None or lag < limit
+        chains = await _probe_chains(runtime)
+        ledger_ok = await _ledger_writable(runtime)
+        lag = await runtime.ledger.oldest_unsettled_age()
+        limit = max(STUCK_AFTER * runtime.config.metering.settle_every, 300.0)
+        settling = runtime.settler is None or lag < limit
         ready = all(chains.values()) and ledger_ok and settling
         body = {"ready": ready, "chains": chains, "ledger": ledger_ok,
                 "settlement": {"ok": settling, "oldest_unsettled_seconds": round(lag, 1)}}
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        m = state["metrics"]
+        m = runtime.metrics
         now = time.monotonic()
-        for name, reader in state.get("readers", {}).items():
+        for name, reader in runtime.readers.items():
             if reader.last_success is not None:
                 m.chain_up.labels(name).set(now - reader.last_success)
-        m.settlement_lag.set(await state["ledger"].oldest_unsettled_age())
+        m.settlement_lag.set(await runtime.ledger.oldest_unsettled_age())
         return web.Response(body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def settle(request: web.Request) -> web.Response:
         """Settle now (an operator's request also retries groups that were backing off)."""
-        settler = state.get("settler")
+        settler = runtime.settler
         if settler is None:
             return web.json_response({"error": "metering.operator_key is not configured"}, status=409)
         settler.retry_now()
@@ -65,7 +65,7 @@ def build_admin_app(public: web.Application) -> web.Application:
     return admin
 
 
-async def _probe_chains(state: dict) -> dict[str, bool]:
+async def _probe_chains(runtime: Runtime) -> dict[str, bool]:
     """Ask every chain now (eth_chainId, bounded by each chain's timeout and failover)."""
 
     async def probe(reader) -> bool:
@@ -75,14 +75,14 @@ async def _probe_chains(state: dict) -> dict[str, bool]:
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return False
 
-    readers = state.get("readers", {})
+    readers = runtime.readers
     results = await asyncio.gather(*(probe(r) for r in readers.values()))
     return dict(zip(readers, results))
 
 
-async def _ledger_writable(state: dict) -> bool:
+async def _ledger_writable(runtime: Runtime) -> bool:
     try:  # an empty write transaction: takes the write lock and commits nothing
-        await asyncio.wait_for(state["db"].transaction(lambda conn: None, durable=False), timeout=5)
+        await asyncio.wait_for(runtime.db.transaction(lambda conn: None, durable=False), timeout=5)
         return True
     except Exception:  # noqa: BLE001 - locked, read-only, full disk: all "not ready"
         return False

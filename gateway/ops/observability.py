@@ -1,7 +1,7 @@
 """Structured logs (one line per request) and Prometheus metrics.
 
 Log lines carry what an operator needs to explain a decision, and never a
-token or a secret: the pipeline passes only the fields of its `Outcome`.
+token or a secret: the pipeline passes only its scope's `AccessLog` fields.
 Logs are JSON by default and a human-readable console format on a terminal.
 Writing a log line never fails a request: a write that fails (stdout gone,
 disk full, a non-blocking pipe full) is counted and dropped. Records of the
