@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         except FileExistsError:
             print(f"{args.path} exists: a signing key is never overwritten", file=sys.stderr)
             return 1
+        except OSError as exc:  # a parent that is a file, a folder we may not write: one line, no traceback
+            print(f"cannot write {args.path}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.type} signing key to {args.path}")
         return 0
     if args.command in ("usage", "shortfall"):

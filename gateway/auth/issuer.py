@@ -183,6 +183,7 @@ def generate_signing_key(path: Path, kind: str = "ES256") -> None:
     else:
         raise ValueError(f"unsupported key kind {kind!r}; use one of {', '.join(SIGNING_KINDS)}")
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _make_private_folders(path.parent)
     # Why O_EXCL: replacing a signing key silently invalidates every token issued with it.
     # Why 0600 at creation (not chmod after): the key is never readable by others, not even briefly.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -191,6 +192,23 @@ def generate_signing_key(path: Path, kind: str = "ES256") -> None:
         os.write(fd, pem)
     finally:
         os.close(fd)
+
+
+def _make_private_folders(folder: Path) -> None:
+    """Create `folder` and its missing parents, each 0700; folders that exist are left as they are.
+
+    Why 0700: a folder made for a private key (`secrets/`) holds private keys only. Why not touch
+    existing folders: they are the operator's (the project, their home), with modes of their own."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir(mode=0o700)
+        except FileExistsError:  # created meanwhile by someone else: theirs, left as it is
+            continue
+        os.chmod(made, 0o700)  # mkdir's mode is narrowed by the umask; make it exact
 
 
 class OwnIssuer:

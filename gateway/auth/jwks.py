@@ -8,16 +8,16 @@ before that interval either. Only the configured URL is ever fetched.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from typing import Callable
 
 import aiohttp
+import structlog
 
 from gateway.auth.issuer import VerificationKey, parse_jwks
 from gateway.inflight import InFlight
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("gateway.jwks")  # JSON lines like every other log (ops.observability)
 
 JWKS_TIMEOUT = 5.0           # seconds for one JWKS fetch, connect to last byte
 JWKS_REFETCH_INTERVAL = 30.0  # at most one unknown-kid refetch per issuer in this many seconds
@@ -74,4 +74,4 @@ class RemoteJwks:
             self._fetched_at = self._clock()
         except Exception as exc:  # Why: whatever the key server does, callers get a 401, never a 500.
             self._retry_after = self._clock() + JWKS_REFETCH_INTERVAL
-            log.warning("JWKS fetch failed for %s: %s", self.url, exc or type(exc).__name__)
+            log.warning("jwks_fetch_failed", url=self.url, error=str(exc) or type(exc).__name__)

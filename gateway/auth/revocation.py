@@ -20,19 +20,19 @@ and gets a new, valid token.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import sqlite3
 import time
 from typing import Callable
 
+import structlog
 from eth_utils import to_checksum_address
 
 from gateway.config.model import GatewayConfig
 from gateway.inflight import InFlight
 from gateway.ledger.database import SqliteDatabase, sqlite_path
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("gateway.revocations")  # JSON lines like every other log (ops.observability)
 
 AUTH_COMPONENT = "auth"
 AUTH_MIGRATIONS = [
@@ -112,7 +112,7 @@ class RevocationList:
                 (self._last_id,)).fetchall())
         except sqlite3.Error as exc:
             # Why fail closed: a gateway that cannot see revocations must not honour revoked tokens.
-            log.error("cannot read token revocations: %s", exc)
+            log.error("revocations_unreadable", error=str(exc))
             raise RevocationsUnavailable() from exc
         for row_id, jti, subscriber, revoked_at in rows:
             if jti is not None:

@@ -184,7 +184,8 @@ class SignIn:
 
     async def _check_signature(self, text: str, signature: str, address: str, chain: str) -> None:
         raw = _signature_bytes(signature)
-        # Why a thread: eth-keys' pure-Python recovery takes ~9 ms, too long to hold the event loop.
+        # Why a thread: ~0.1 ms with coincurve (pinned), but ~5 ms where eth-keys falls back to pure Python:
+        # too long to hold the event loop, and sign-in is not the hot path.
         if await asyncio.to_thread(_recovers_to, text, raw, address):
             return  # Why: EIP-191 recovery to the message's address is the proof for an EOA.
         reader = self._readers.get(chain)

@@ -19,6 +19,7 @@ import yaml
 
 from gateway.config import checks
 from gateway.config import values as v
+from gateway.config.cpus import usable_cpus
 from gateway.config.model import (
     DEFAULT_MAX_BODY,
     ChainConfig,
@@ -56,7 +57,7 @@ def parse_config(
     data = _substitute(data, "", environ, problems)
     root = Node(data, "", problems)
     listen = root.get("listen", v.listen_address, v.listen_address("0.0.0.0:8080"))
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()  # Why not os.cpu_count(): a 2-CPU container on a 64-core host needs 2 workers
     config_kwargs = dict(
         listen=listen,
         admin_listen=root.get("admin_listen", v.listen_address, None),

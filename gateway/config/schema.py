@@ -3,7 +3,7 @@
 It describes the file as written, before `${VAR}` substitution: every scalar may also be a string
 holding `${VAR}` or `${VAR:-default}`. It is hand-written beside the loader (which is code, not
 declarations) but built from the loader's own patterns and choices where they exist, and
-`tests/test_config_schema.py` keeps the two honest: every key the loader reads is in the schema
+`tests/unit/test_config_schema.py` keeps the two honest: every key the loader reads is in the schema
 and every key of the schema is read by the loader. The loader stays the judge: it also checks
 what a schema cannot say (cross-field rules, files, addresses' checksums).
 """
@@ -183,7 +183,7 @@ def config_schema() -> dict[str, Any]:
         "properties": {
             "listen": LISTEN,
             "admin_listen": LISTEN,
-            "workers": _integer(1, 256, "worker processes (default: cores)"),
+            "workers": _integer(1, 256, "worker processes (default: the CPUs this process may use)"),
             "public_scheme": _choice("http", "https"),
             "base_domain": DOMAIN,
             "max_body": SIZE,

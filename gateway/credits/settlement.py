@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import structlog
 from eth_abi import decode, encode
@@ -48,9 +48,20 @@ KNOWN_ERRORS = {
         "ERC1155InsufficientBalance(address,uint256,uint256,uint256)", "ERC1155InvalidSender(address)",
     )
 }
+# Waiting for a receipt: the first poll after 20 ms (anvil mines at once: the tests stay fast), then
+# each wait doubles up to 2 s, so a chain with 12-second blocks costs ~12 polls per burn, not ~600.
 RECEIPT_POLL = 0.02
+RECEIPT_POLL_MAX = 2.0
 RECEIPT_TIMEOUT = 120.0
 MAX_BACKOFF = 600.0
+
+
+def receipt_poll_delays(first: float = RECEIPT_POLL, longest: float = RECEIPT_POLL_MAX) -> Iterator[float]:
+    """The waits between two receipt polls: `first`, doubling up to `longest`, then `longest` forever."""
+    delay = first
+    while True:
+        yield min(delay, longest)
+        delay = min(delay * 2, longest)
 
 
 class SettlementRefused(Exception):
@@ -205,12 +216,14 @@ class Settler:
     async def _await_receipt(self, s: Settlement, report: Report) -> None:
         rpc = self.rpcs[s.account.chain_id]
         deadline = self.clock() + RECEIPT_TIMEOUT
+        delays = receipt_poll_delays()
         while self.clock() < deadline:
             receipt = await rpc.request("eth_getTransactionReceipt", [s.tx_hash])
             if receipt is not None:
                 await self._finish(s, receipt, report)
                 return
-            await asyncio.sleep(RECEIPT_POLL)  # polling the chain for the receipt, bounded by the deadline
+            # Polling the chain for the receipt, less often as it takes longer, bounded by the deadline.
+            await asyncio.sleep(min(next(delays), max(0.0, deadline - self.clock())))
         log.warning("receipt_pending", tx_hash=s.tx_hash)  # reconciled next cycle
 
     async def _finish(self, s: Settlement, receipt: dict, report: Report) -> None:

@@ -10,7 +10,7 @@ decision `malformed`, status, code, a short reason: never the request's bytes, w
 token). A framing error inside the body of a request already being handled (a bad chunk size)
 fails that body's reads, so the pipeline answers 400 instead of waiting for a body that never ends.
 aiohttp offers no public hook for any of this: `handle_error`, `data_received` and `log_exception`
-are overridden as of aiohttp 3.14.5 (pinned); tests/test_edge_logs_and_errors.py fails if that
+are overridden as of aiohttp 3.14.5 (pinned); tests/integration/test_edge_logs_and_errors_gateway.py fails if that
 stops working. `LimitedRequestHandler` (connection_limits) builds on this class.
 """
 

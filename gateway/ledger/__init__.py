@@ -3,8 +3,10 @@
 `Ledger` is the small interface the request path and the settler need; the
 embedded default is `SqliteLedger` (`sqlite`) on `SqliteDatabase` (`database`: one thread,
 group commit, migrations), which also holds the sign-in state and the shared plan balances.
-Another backend (PostgreSQL for replicas: its own issue) implements the same methods with the
-same atomicity.
+`PostgresLedger` (`postgres`) on `PostgresDatabase` (`postgres_database`, schema and queries in
+`postgres_schema`) implements the same methods with the same atomicity for gateways on several
+machines (issue 12; not wired into the app yet: the sign-in state and shared balances are still
+SQLite-only).
 
 May import: nothing of the gateway (it is the bottom layer).
 

@@ -2,7 +2,7 @@
 
 `crash_point(name)` does nothing unless the environment variable `GATEWAY_CRASH_AT` equals
 `name`; then it SIGKILLs its own process on the spot: no cleanup, no flush, no `finally` blocks,
-exactly like a power cut or the OOM killer at that step. tests/test_crash_safety.py starts
+exactly like a power cut or the OOM killer at that step. tests/integration/test_crash_safety.py starts
 `gateway serve` with the variable set, kills it this way, restarts it on the same ledger, and
 checks on chain that no charge a client saw is lost and nothing is burned twice.
 

@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 import yaml
-
-from test_crash_safety import Served
+from tests.support.served import Served
 
 
 def served_with(chain, plugin, signing_key, tmp_path: Path, **changes) -> Served:
-    """`Served` (tests/test_crash_safety.py) with top-level config keys changed, e.g. workers=2."""
+    """`Served` (tests/support/served.py) with top-level config keys changed, e.g. workers=2."""
     served = Served(chain, plugin, signing_key, tmp_path)
     data = yaml.safe_load(served.path.read_text())
     data.update(changes)

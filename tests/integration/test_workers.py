@@ -1,0 +1,71 @@
+"""`workers: 2`: two processes on one port share the ledger; reservations stay exact across them."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import yaml
+from tests.support.served import Served
+from tests.support.stack import START_CREDITS, SUBSCRIBER
+
+
+def wait_until_both_workers_listen(served: Served) -> None:
+    """Both workers accept connections (a worker that is not listening yet gets none of them)."""
+    for worker in (0, 1):
+        served.child.wait_for(rf'(?=.*"event": "listening")(?=.*"worker": {worker}\b)', timeout=30)
+
+
+def test_two_workers_never_spend_more_than_the_balance(chain, plugin, signing_key, tmp_path):
+    served = Served(chain, plugin, signing_key, tmp_path)
+    data = yaml.safe_load(served.path.read_text())
+    data["workers"] = 2
+    served.path.write_text(yaml.safe_dump(data))
+    served.start()
+    try:
+        wait_until_both_workers_listen(served)
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            results = list(pool.map(lambda _: served.call("/query", {"queries": [{"query": "love"}]}),
+                                    range(5 * START_CREDITS)))
+        statuses = sorted(status for status, _ in results)
+        served_by = {line.split('"worker": ')[1][0] for line in served.child.lines if '"event": "request"' in line}
+        assert served_by == {"0", "1"}  # the kernel spread the connections over both processes
+        assert statuses.count(200) == START_CREDITS and statuses.count(402) == 4 * START_CREDITS
+        assert served.ledger("SELECT SUM(amount), COUNT(*) FROM charges") == [(START_CREDITS, START_CREDITS)]
+        served.settle()
+        assert chain.dev.credits_of(chain.credits_plan, SUBSCRIBER, 1) == 0
+    finally:
+        served.stop()
+    assert served.child.proc.returncode == 0
+
+
+def test_two_workers_read_a_new_subscribers_balance_from_the_chain_once(chain, plugin, signing_key, tmp_path):
+    import asyncio
+    import threading
+
+    from tests.support.rpc_proxy import RpcProxy
+
+    loop = asyncio.new_event_loop()
+    proxy = RpcProxy(chain.rpc_url)
+    loop.run_until_complete(proxy.__aenter__())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    served = Served(chain, plugin, signing_key, tmp_path)
+    data = yaml.safe_load(served.path.read_text())
+    data["workers"] = 2
+    data["chains"]["local"]["rpc_urls"] = [proxy.url]
+    served.path.write_text(yaml.safe_dump(data))
+    served.start()
+    try:
+        wait_until_both_workers_listen(served)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(lambda _: served.call("/query", {"queries": [{"query": "love"}]}), range(40)))
+        served_by = {line.split('"worker": ')[1][0] for line in served.child.lines if '"event": "request"' in line}
+        reads = proxy.counts["eth_call"]  # before stopping: the final settlement reads the balance too
+    finally:
+        served.stop()
+        asyncio.run_coroutine_threadsafe(proxy.__aexit__(None, None, None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+    assert served_by == {"0", "1"}
+    assert {status for status, _ in results} <= {200, 402}
+    assert reads == 1  # one chain read, shared by both workers

@@ -1,0 +1,69 @@
+"""The SQLite ledger's own mechanics: its migrations (WAL, refusing a newer schema, v1 -> v2) and
+the group commit. The money rules it shares with the PostgreSQL ledger are tested on both
+backends in tests/integration/test_ledger.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.ledger.database import SqliteDatabase
+from gateway.ledger import Account, InsufficientCredits
+from gateway.ledger.sqlite import MIGRATIONS, SqliteLedger
+
+pytestmark = pytest.mark.asyncio
+ACCOUNT = Account(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3", 1, "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def reserve(ledger, amount=1, balance=5, read_at=0.0, account=ACCOUNT, ttl=60.0):
+    return await ledger.reserve(account, "elvis", amount, balance, read_at, "req", ttl)
+
+
+async def test_migrations_apply_once_and_refuse_a_newer_schema(tmp_path):
+    db = SqliteDatabase(tmp_path / "l.db")
+    assert await db.migrate("ledger", MIGRATIONS) == len(MIGRATIONS)
+    assert await db.migrate("ledger", MIGRATIONS) == len(MIGRATIONS)  # idempotent
+    with pytest.raises(RuntimeError, match="newer than this gateway"):
+        await db.migrate("ledger", MIGRATIONS[:0])
+    journal = await db.run(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0])
+    assert journal == "wal"
+    await db.close()
+
+
+async def test_group_commit_batches_concurrent_writes_and_isolates_a_failing_one(tmp_path):
+    db = SqliteDatabase(tmp_path / "g.db")
+    await db.run(lambda conn: conn.execute("CREATE TABLE t (v INTEGER UNIQUE)"))
+
+    def insert(v):
+        return lambda conn: conn.execute("INSERT INTO t VALUES (?)", (v,)).rowcount
+
+    results = await asyncio.gather(*(db.transaction(insert(v)) for v in [*range(50), 7]), return_exceptions=True)
+    assert results[:50] == [1] * 50
+    assert isinstance(results[50], Exception) and "UNIQUE" in str(results[50])  # only the duplicate failed
+    assert await db.run(lambda conn: conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 50
+    assert db.transactions == 51 and db.commits < 51  # fewer fsyncs than transactions
+    await db.close()
+
+
+async def test_migration_to_v2_carries_unsettled_totals_over(tmp_path):
+    db = SqliteDatabase(tmp_path / "old.db")
+    await db.migrate("ledger", MIGRATIONS[:1])  # a v1 ledger with two unsettled charges
+    await db.run(lambda conn: conn.executemany(
+        "INSERT INTO charges (reservation_id, request_id, chain_id, contract, token_id, subscriber, service, amount,"
+        " created_at) VALUES (?, 'r', ?, ?, '1', ?, 'elvis', ?, 0)",
+        [("a", 31337, ACCOUNT.contract, ACCOUNT.subscriber, 2), ("b", 31337, ACCOUNT.contract, ACCOUNT.subscriber, 1)]))
+    ledger = SqliteLedger(db, clock=Clock())
+    await ledger.open()
+    with pytest.raises(InsufficientCredits) as short:
+        await reserve(ledger, amount=3)
+    assert short.value.available == 2  # 5 on chain - 3 charged before the upgrade
+    await db.close()
