@@ -115,8 +115,11 @@ def assemble(config: GatewayConfig, runtime: Runtime) -> Assembly:
     """Everything that depends on the config, built on the runtime's long-lived resources."""
     res, parts, metrics = runtime.started(), runtime.parts, runtime.metrics
     readers = parts.readers(config, res.rpc_session)
+    for name, reader in readers.items():  # counted as they happen: every worker's calls reach /metrics
+        if hasattr(reader, "on_call"):  # the real client (a test's fake keeps its own stats)
+            reader.on_call = lambda url, outcome, chain=name: metrics.count_rpc(chain, url, outcome)
     plans = PlanChecker(readers, config.plan_cache, clock=parts.monotonic, wall_clock=parts.clock,
-                        shared=res.shared_balances)
+                        shared=res.shared_balances, on_event=metrics.count_plan)
     chain_ids = {name: chain.chain_id for name, chain in config.chains.items()}
     own = OwnIssuer(config.tokens.own, clock=parts.clock) if config.tokens.own else None
     revocations = RevocationList(res.db, config.tokens.revocation_refresh, clock=parts.monotonic)
@@ -147,10 +150,6 @@ def assemble(config: GatewayConfig, runtime: Runtime) -> Assembly:
 
 def _install(runtime: Runtime, assembly: Assembly) -> None:
     runtime.assembly, runtime.config = assembly, assembly.config
-    metrics = runtime.metrics
-    metrics.watch("gateway_plan_cache", "Plan checks: hits, misses, coalesced, rpc_calls, errors, stale",
-                  "outcome", lambda: runtime.plans.stats)
-    metrics.watch_rpc(lambda: runtime.readers)
     if assembly.settler is not None and runtime.settle:
         runtime.settle_task = asyncio.create_task(assembly.settler.run())
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.config.load import ConfigError, load_config
+from gateway.config.load import ConfigError, load_config, load_metering
 from gateway.config.values import address, duration
 
 DEFAULT_CONFIG = "config/gateway.yaml"
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="local chain + plan + example plugin + gateway, walked through")
     demo.add_argument("--once", action="store_true", help="exit after the walk-through")
     demo.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the demo's state folder (signing key, ledger) on exit (default: removed)")
 
     args = parser.parse_args(argv)
     if getattr(args, "config_path", None):
@@ -110,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from gateway.dev.demo import run_demo
 
-        return run_demo(once=args.once, port=args.port)
+        return run_demo(once=args.once, port=args.port, keep=args.keep)
     return 2
 
 
-def _load(path: str):
+def _load(path: str, loader=load_config):
     try:
-        return load_config(path)
+        return loader(path)
     except ConfigError as exc:
         print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:
@@ -205,9 +207,6 @@ def _token_revoke(args) -> int:
 
 
 def _ledger_command(args) -> int:
-    config = _load(args.config)
-    if config is None:
-        return 1
     from gateway.ops.usage import resolve_shortfall, usage_report
 
     try:
@@ -216,8 +215,15 @@ def _ledger_command(args) -> int:
         print(f"bad argument: {exc}", file=sys.stderr)
         return 1
     if args.command == "usage":
-        print(usage_report(config, args.service, subscriber))
+        # Why `metering` alone: reading the ledger needs none of the secrets serving needs.
+        metering = _load(args.config, load_metering)
+        if metering is None:
+            return 1
+        print(usage_report(metering.ledger, args.service, subscriber))
         return 0
+    config = _load(args.config)
+    if config is None:
+        return 1
     if args.service not in config.services:
         print(f"no service {args.service!r}", file=sys.stderr)
         return 1

@@ -17,7 +17,8 @@ from gateway.config.model import GatewayConfig
 
 class ChainReader(Protocol):
     """One chain: raw JSON-RPC calls and `eth_call`, raising `ChainUnavailable` when no node answers
-    and `RpcError` when the node answers with an error; `last_success` and `stats` feed /metrics."""
+    and `RpcError` when the node answers with an error; `last_success` feeds /metrics (the real
+    client also reports each call to /metrics as it happens, through its `on_call`)."""
 
     last_success: float | None  # monotonic time of the last answer, None before the first
     stats: dict[tuple[str, str], int]  # (redacted URL, outcome) -> count

@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -71,8 +71,9 @@ class JsonRpcClient:
         self._ids = itertools.count(1)
         self._preferred = 0  # index into chain.rpc_urls of the last URL that answered
         self.last_success: float | None = None  # monotonic time of the last answer (for /readyz)
-        # Per URL (redacted) and outcome ("ok", "rpc_error", "failed"): for /metrics.
+        # Per URL (redacted) and outcome ("ok", "rpc_error", "failed"); /metrics counts them through on_call.
         self.stats: dict[tuple[str, str], int] = {}
+        self.on_call: Callable[[str, str], None] | None = None  # (redacted URL, outcome), as it happens
 
     @property
     def preferred_url(self) -> str:
@@ -112,6 +113,8 @@ class JsonRpcClient:
     def _count(self, url: str, outcome: str) -> None:
         key = (redact_url(url), outcome)
         self.stats[key] = self.stats.get(key, 0) + 1
+        if self.on_call is not None:
+            self.on_call(*key)
 
     def _answered(self, index: int) -> None:
         self._preferred = index

@@ -5,6 +5,7 @@ holding ALL problems found, each prefixed with its YAML path
 (`services.elvis.plan.contract: not an address`), so an operator fixes a file
 in one pass. Rules across sections are in `gateway.config.checks`. Nothing here runs after
 start-up, and nothing that runs at start-up refuses a config this accepted.
+`load_metering(path)` reads the `metering` section alone, for commands that only read the ledger.
 """
 
 from __future__ import annotations
@@ -34,20 +35,42 @@ from gateway.config.model import (
 from gateway.config.nodes import ConfigError, Node
 from gateway.config.services import parse_services
 
-__all__ = ["ConfigError", "load_config", "parse_config"]
+__all__ = ["ConfigError", "load_config", "load_metering", "parse_config"]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ALGORITHMS = ("ES256K", "ES256", "EdDSA", "RS256", "HS256")
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     path = Path(path)
+    data = _read(path)
+    return parse_config(data, environ if environ is not None else os.environ, base_dir=path.parent, source=path)
+
+
+def load_metering(path: str | Path, environ: Mapping[str, str] | None = None) -> MeteringConfig:
+    """The `metering` section alone, for commands that only read the ledger (`gateway usage`).
+
+    Why a section alone: an operator reading the ledger should not need the secrets serving needs
+    (a signing key file, upstream tokens). ${VAR} is substituted in `metering` only, and no other
+    section is checked; `serve` and `check-config` still check the whole file."""
+    path = Path(path)
+    data = _read(path)
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise ConfigError(["(top level): must be a mapping"])
+    section = _substitute(data.get("metering"), "metering", environ if environ is not None else os.environ, problems)
+    metering = _metering(Node(section, "metering", problems) if section is not None else None, path.parent)
+    if problems:
+        raise ConfigError(problems)
+    return metering
+
+
+def _read(path: Path) -> Any:
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-    return parse_config(data, environ if environ is not None else os.environ, base_dir=path.parent, source=path)
 
 
 def parse_config(

@@ -87,8 +87,10 @@ class PlanChecker:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         shared: SharedBalances | None = None,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self._wall = wall_clock
+        self._on_event = on_event  # each event of `stats` as it happens (metrics: Metrics.count_plan)
         self._shared = shared  # balances read by the other worker processes
         self._readers = dict(readers)  # chain name (PlanConfig.chain) -> reader
         self._config = cache
@@ -105,6 +107,11 @@ class PlanChecker:
         self.stats: dict[str, int] = dict.fromkeys(
             ("hits", "misses", "coalesced", "rpc_calls", "errors", "stale", "shared"), 0
         )
+
+    def _count(self, event: str) -> None:
+        self.stats[event] += 1
+        if self._on_event is not None:
+            self._on_event(event)
 
     @property
     def in_flight(self) -> int:
@@ -135,11 +142,11 @@ class PlanChecker:
             balance, fetched_at, wall = entry
             ttl = self._config.ttl if balance > 0 else self._config.negative_ttl
             if self._clock() - fetched_at < ttl:
-                self.stats["hits"] += 1
+                self._count("hits")
                 return Balance(balance, wall)
-        self.stats["misses"] += 1
+        self._count("misses")
         if self._inflight.running(key):
-            self.stats["coalesced"] += 1
+            self._count("coalesced")
         # The calldata is built only by the caller that starts the call: its errors are that caller's.
         # A waiter that is cancelled (client gone) does not cancel the call the others share.
         return await self._inflight.run(key, lambda: self._fetch(key, plan, balance_calldata(plan, subscriber)))
@@ -152,7 +159,7 @@ class PlanChecker:
         if self._shared is not None:
             found = await self._shared.acquire(shared_key, self._config.ttl, self._config.negative_ttl)
             if found is not None:  # another worker read it (or just did): no second eth_call
-                self.stats["shared"] += 1
+                self._count("shared")
                 age = max(self._wall() - found.read_at, 0.0)
                 if self._inflight.is_current(key):
                     self._cache[key] = (found.amount, self._clock() - age, found.read_at)
@@ -169,7 +176,7 @@ class PlanChecker:
 
     async def _read_chain(self, key: CacheKey, plan: PlanConfig, calldata: bytes, reader: ChainReader) -> Balance:
         started, wall = self._clock(), self._wall()  # the answer is at least this fresh
-        self.stats["rpc_calls"] += 1
+        self._count("rpc_calls")
         try:
             raw = await reader.eth_call(plan.contract, calldata)
             if len(raw) != 32:
@@ -181,7 +188,7 @@ class PlanChecker:
         except (ChainUnavailable, RpcError) as exc:
             # An RpcError (revert, "header not found", ...) is treated like an outage: whatever
             # the reason, the gateway does not know the balance, so it must not allow the call.
-            self.stats["errors"] += 1
+            self._count("errors")
             return self._stale_or_refuse(key, plan, exc)
         if self._inflight.is_current(key):  # not invalidated meanwhile
             self._cache[key] = (balance, started, wall)
@@ -195,7 +202,7 @@ class PlanChecker:
             if balance > 0 and self._clock() - fetched_at < window:
                 # Only positive answers, only for a bounded time: a known-good subscriber keeps
                 # working through a short RPC outage; an unknown one is never let in.
-                self.stats["stale"] += 1
+                self._count("stale")
                 return Balance(balance, wall)
         reason = "the node returned an error" if isinstance(exc, RpcError) else "no RPC node answered"
         # The detail goes to the client: no RPC URLs in it. The full reason is the __cause__.

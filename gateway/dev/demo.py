@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -24,6 +25,9 @@ from gateway.dev.process import REPO, ChildProcess
 from gateway.auth.issuer import generate_signing_key
 
 OWNER, SUBSCRIBER, BROKE = DEV_ACCOUNTS[1][0], DEV_ACCOUNTS[2][0], DEV_ACCOUNTS[3][0]
+# Why a fourth account for "try it": the walk-through spends and burns every credit of SUBSCRIBER,
+# so a curl with its token would only ever answer 402.
+TRY_IT, TRY_IT_CREDITS = DEV_ACCOUNTS[4][0], 100
 HOST = "elvis.proxy.localhost"
 
 
@@ -48,13 +52,16 @@ def _show(title: str, status: int, body: bytes, expect: int) -> bool:
     return status == expect
 
 
-def run_demo(once: bool = False, port: int = 0) -> int:
+def run_demo(once: bool = False, port: int = 0, keep: bool = False) -> int:
     """Nothing the demo starts outlives it: Ctrl-C, SIGTERM and SIGHUP (its terminal closed) stop
-    every child here; kill -9 stops them through their parent-death signal (gateway.dev.process)."""
+    every child here; kill -9 stops them through their parent-death signal (gateway.dev.process).
+    Its state folder (signing key, ledger) is removed on exit unless `keep`."""
     for sig in (signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.default_int_handler)  # handled as Ctrl-C: the finally blocks stop the children
     children: list[ChildProcess] = []
     work = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    fate = "kept on exit" if keep else "removed on exit (--keep keeps it)"
+    print(f"state    {work} (signing key, ledger): {fate}")
     try:
         with Anvil() as anvil:
             try:
@@ -64,6 +71,9 @@ def run_demo(once: bool = False, port: int = 0) -> int:
                     child.stop()
     except KeyboardInterrupt:  # stopped during the walk-through: children are stopped already
         return 130
+    finally:
+        if not keep:  # after the children stopped: the gateway no longer writes the ledger
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: bool, port: int) -> int:
@@ -97,17 +107,11 @@ def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: 
     base = f"http://127.0.0.1:{port}"
     print(f"gateway  {base} (Host: {HOST}), admin http://127.0.0.1:{admin_port}/metrics\n")
 
-    tokens = {}
-    for who in (SUBSCRIBER, BROKE):
-        tokens[who] = ChildProcess(
-            [sys.executable, "-m", "gateway", "token", "issue", "--config", config, "--service", "elvis",
-             "--subscriber", who], ready=r"^ey", env=env).ready_match.string
-    print(f"try it (token of {SUBSCRIBER}):")
-    print(f"  export TOKEN={tokens[SUBSCRIBER]}")
-    print(f"  curl -s -H 'Host: {HOST}' {base}/.well-known/ai-plugin.json")
-    print(f"  curl -s -H 'Host: {HOST}' -H \"Authorization: Bearer $TOKEN\" "
-          f"-H 'Content-Type: application/json' -d '{{\"queries\": [{{\"query\": \"love\"}}]}}' {base}/query\n")
+    def issue(who: str) -> str:
+        return ChildProcess([sys.executable, "-m", "gateway", "token", "issue", "--config", config, "--service",
+                             "elvis", "--subscriber", who], ready=r"^ey", env=env).ready_match.string
 
+    tokens = {who: issue(who) for who in (SUBSCRIBER, BROKE)}
     query = {"queries": [{"query": "blue suede"}]}
     ok = _show("open endpoint, no token: GET /.well-known/ai-plugin.json",
                *_pick(call(base, "GET", "/.well-known/ai-plugin.json")), expect=200)
@@ -127,7 +131,9 @@ def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: 
                 *_pick(call(base, "POST", "/query", tokens[SUBSCRIBER], query)), 402)
     ok &= _show_settlement(chain, plan, admin_port, charged=5)
 
-    if not once:
+    if not once:  # Why only here: with --once every server is stopped by the time a person could try it
+        chain.mint_credits(plan, TRY_IT, 1, TRY_IT_CREDITS)
+        _print_try_it(base, port, issue(TRY_IT), config, work)
         print("everything is running; Ctrl-C stops it all", flush=True)
         try:
             threading.Event().wait()
@@ -137,6 +143,25 @@ def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: 
             except OSError:  # the terminal is gone (SIGHUP): nobody to tell
                 pass
     return 0 if ok else 1
+
+
+def _print_try_it(base: str, port: int, token: str, config: str, work: Path) -> None:
+    """Commands a person can paste while the demo runs, each with the status it answers (`# -> NNN`).
+
+    Why Host carries the port: the gateway rewrites the manifest's URLs to the Host it was asked
+    for, so without the port they would point at port 80."""
+    host = f"-H 'Host: {HOST}:{port}'"
+    auth = '-H "Authorization: Bearer $TOKEN"'
+    query = "-H 'Content-Type: application/json' -d '{\"queries\": [{\"query\": \"blue\"}]}'"
+    print(f"try it: {TRY_IT} holds {TRY_IT_CREDITS} credits; POST /query charges 1 (402 once they are spent)")
+    print(f"  export TOKEN={token}")
+    print(f"  curl -s {host} {base}/.well-known/ai-plugin.json   # -> 200")
+    print(f"  curl -s {host} {query} {base}/query   # -> 401")
+    print(f"  curl -s {host} {auth} {query} {base}/query   # -> 200")
+    script = Path(sys.executable).parent / "gateway"  # the venv's console script, when there is one
+    command = str(script) if script.exists() else f"{sys.executable} -m gateway"
+    print(f"  GATEWAY_STATE_DIR={work} {command} usage --config {config}   # the ledger, no other secret needed")
+    print()
 
 
 def _show_settlement(chain: DevChain, plan: str, admin_port: int, charged: int) -> bool:

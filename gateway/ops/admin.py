@@ -17,6 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.runtime import RUNTIME, Runtime
 from gateway.http.headers import set_server_header
+from gateway.ops.worker_metrics import registry_to_expose
 
 STUCK_AFTER = 3  # settle periods (and at least 5 minutes)
 
@@ -47,7 +48,9 @@ def build_admin_app(public: web.Application) -> web.Application:
             if reader.last_success is not None:
                 m.chain_up.labels(name).set(now - reader.last_success)
         m.settlement_lag.set(await runtime.ledger.oldest_unsettled_age())
-        return web.Response(body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # Every worker's counts (workers: N > 1) or this process's, with build and process info.
+        body = generate_latest(registry_to_expose(m.registry))
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def settle(request: web.Request) -> web.Response:
         """Settle now (an operator's request also retries groups that were backing off)."""

@@ -19,11 +19,10 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, Callable, Mapping, TextIO
+from typing import Any, TextIO
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -43,7 +42,7 @@ class LineWriter:
     def write_line(self, line: str) -> None:
         with self._lock:
             if self._gone:
-                self.errors += 1  # the reader is gone for good: the line is dropped
+                self._dropped()  # the reader is gone for good: the line is dropped
                 return
             try:
                 self._stream.write(line + "\n")
@@ -51,11 +50,15 @@ class LineWriter:
             except BrokenPipeError:
                 # The read end is closed and never comes back: stop writing, and point the file
                 # descriptor at /dev/null so that Python's own flush at exit does not fail either.
-                self.errors += 1
+                self._dropped()
                 self._gone = True
                 self._discard()
             except (OSError, ValueError):  # ENOSPC, EAGAIN, a closed file: this line is lost
-                self.errors += 1
+                self._dropped()
+
+    def _dropped(self) -> None:
+        self.errors += 1
+        _process_counters()[0].inc()
 
     def _discard(self) -> None:
         try:
@@ -95,7 +98,27 @@ class _ToStructlog(logging.Handler):
 
 
 _writer: LineWriter | None = None
-_malformed: dict[str, int] = {}  # malformed requests answered by aiohttp's protocol layer, by code
+_counters: tuple[Counter, Counter] | None = None  # (log write errors, malformed requests): see _process_counters
+
+
+def _process_counters() -> tuple[Counter, Counter]:
+    """This process's log write errors and malformed requests, created on first use.
+
+    Why lazily: a counter's storage is chosen when it is created; created in the forked worker, it
+    writes to the shared metric files when the gateway runs several workers."""
+    global _counters
+    if _counters is None:
+        _counters = (Counter("gateway_log_write_errors", "Log lines that could not be written (and were dropped)",
+                             registry=None),
+                     Counter("gateway_malformed_requests", "Malformed requests refused before routing, by code",
+                             ["code"], registry=None))
+    return _counters
+
+
+def forget_process_counters() -> None:
+    """Before forking workers: each creates its own (see `gateway.ops.worker_metrics`)."""
+    global _counters
+    _counters = None
 
 
 def log_write_errors() -> int:
@@ -105,7 +128,7 @@ def log_write_errors() -> int:
 
 def count_malformed(code: str) -> None:
     """One more request refused before it reached any app (bad request line, header, body framing)."""
-    _malformed[code] = _malformed.get(code, 0) + 1
+    _process_counters()[1].labels(code).inc()
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -139,25 +162,26 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     logging.captureWarnings(True)
 
 
-class _StatsCollector:
-    """Exposes running counters owned by another component, read at scrape time."""
-
-    def __init__(self, name: str, doc: str, labels: list[str], stats: Callable[[], Mapping]) -> None:
-        self.name, self.doc, self.labels, self.stats = name, doc, labels, stats
-
-    def collect(self):
-        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
-        for key, value in sorted(self.stats().items()):
-            family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
-        yield family
+# PlanChecker's events -> (family, result label). "misses" has none: a miss is counted by how it
+# was answered (coalesced, shared, or a chain read: result="miss"), so the results partition the checks.
+_PLAN_EVENTS = {
+    "hits": ("checks", "hit"), "coalesced": ("checks", "coalesced"), "shared": ("checks", "shared"),
+    "rpc_calls": ("rpc_calls", None), "errors": ("rpc_errors", None), "stale": ("stale", None),
+}
 
 
 class Metrics:
-    """The gateway's Prometheus metrics, in a registry of their own (tests build many apps)."""
+    """The gateway's Prometheus metrics, in a registry of their own (tests build many apps).
+
+    Every value is counted where its event happens (no callback reads a component's state at
+    scrape time): with `workers: N > 1` the values live in files shared by the workers
+    (`gateway.ops.worker_metrics`) and the admin listener sums them. Gauges say how: open streams
+    add up over the live workers; the settlement lag and the chains' answer age are set by the
+    admin listener's worker when scraped (`livemax`: a dead worker's last value does not linger).
+    A sum over any label means something: plan checks by result add up to the checks made."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self._watched: set[str] = set()
         self.requests = Counter("gateway_requests", "Requests answered, by service, decision and status",
                                 ["service", "decision", "status"], registry=r)
         self.duration = Histogram("gateway_request_duration_seconds",
@@ -166,7 +190,8 @@ class Metrics:
         self.upstream_duration = Histogram("gateway_upstream_response_seconds",
                                            "From forwarding to the upstream's status line, by service", ["service"],
                                            registry=r, buckets=LATENCY_BUCKETS)
-        self.open_streams = Gauge("gateway_open_streams", "Responses being relayed right now", registry=r)
+        self.open_streams = Gauge("gateway_open_streams", "Responses being relayed right now", registry=r,
+                                  multiprocess_mode="livesum")
         self.credits_reserved = Counter("gateway_credits_reserved", "Credits reserved, by service", ["service"],
                                         registry=r)
         self.credits_charged = Counter("gateway_credits_charged", "Credits charged, by service", ["service"],
@@ -175,33 +200,39 @@ class Metrics:
         self.settlement_failures = Counter("gateway_settlement_failures", "Settlement failures by reason",
                                            ["reason"], registry=r)
         self.settlement_lag = Gauge("gateway_settlement_lag_seconds",
-                                    "Age of the oldest charge not yet burned (0: none pending)", registry=r)
+                                    "Age of the oldest charge not yet burned (0: none pending)", registry=r,
+                                    multiprocess_mode="livemax")
         self.chain_up = Gauge("gateway_chain_last_success_age_seconds", "Seconds since a chain's RPC last answered",
-                              ["chain"], registry=r)
-        # Process-wide facts (not one app's): read at scrape time.
-        r.register(_StatsCollector("gateway_log_write_errors", "Log lines that could not be written (and were dropped)",
-                                   [], lambda: {(): log_write_errors()}))
-        r.register(_StatsCollector("gateway_malformed_requests", "Malformed requests refused before routing, by code",
-                                   ["code"], lambda: dict(_malformed)))
+                              ["chain"], registry=r, multiprocess_mode="livemax")
+        self.plan_checks = Counter("gateway_plan_checks",
+                                   "Plan balance checks by result: hit (cache), coalesced (joined a read in "
+                                   "flight), shared (another worker's read), miss (read from the chain)",
+                                   ["result"], registry=r)
+        for result in ("hit", "coalesced", "shared", "miss"):
+            self.plan_checks.labels(result)  # present at zero: a dashboard's ratio has a denominator
+        self.plan_rpc_calls = Counter("gateway_plan_rpc_calls", "balanceOf calls sent to the chain", registry=r)
+        self.plan_rpc_errors = Counter("gateway_plan_rpc_errors", "balanceOf calls that failed", registry=r)
+        self.plan_stale = Counter("gateway_plan_stale_answers",
+                                  "Failed balanceOf calls answered with a stale positive balance", registry=r)
+        self.rpc_calls = Counter("gateway_rpc_calls", "JSON-RPC calls by chain, URL (redacted) and outcome "
+                                 "(ok, rpc_error, failed)", ["chain", "url", "outcome"], registry=r)
+        # Process-wide facts (not one app's): the same counters in every registry of this process.
+        for counter in _process_counters():
+            r.register(counter)
 
-    def watch(self, name: str, doc: str, label: str, stats: Callable[[], Mapping[str, int]]) -> None:
-        """Publish counters kept elsewhere (e.g. the plan cache's hits, misses, coalesced calls)."""
-        self._register(name, _StatsCollector(name, doc, [label], stats))
+    def count_plan(self, event: str) -> None:
+        """One PlanChecker event (`gateway.credits.plans`): hits, coalesced, shared, rpc_calls, errors, stale."""
+        family, result = _PLAN_EVENTS.get(event, (None, None))
+        if family == "checks":
+            self.plan_checks.labels(result).inc()
+        elif family == "rpc_calls":  # a check that reads the chain sends exactly one balanceOf call
+            self.plan_checks.labels("miss").inc()
+            self.plan_rpc_calls.inc()
+        elif family == "rpc_errors":
+            self.plan_rpc_errors.inc()
+        elif family == "stale":
+            self.plan_stale.inc()
 
-    def watch_rpc(self, readers: Callable[[], Mapping]) -> None:
-        """RPC calls by chain, URL (redacted) and outcome (ok, rpc_error, failed)."""
-
-        def stats() -> dict:
-            out: dict = {}
-            for chain, reader in readers().items():
-                for (url, outcome), count in reader.stats.items():
-                    out[(chain, url, outcome)] = count
-            return out
-
-        self._register("gateway_rpc_calls", _StatsCollector("gateway_rpc_calls", "JSON-RPC calls",
-                                                            ["chain", "url", "outcome"], stats))
-
-    def _register(self, name: str, collector: _StatsCollector) -> None:
-        if name not in self._watched:  # the callables read the current components: once is enough
-            self._watched.add(name)
-            self.registry.register(collector)
+    def count_rpc(self, chain: str, url: str, outcome: str) -> None:
+        """One JSON-RPC attempt (`gateway.chain.rpc`): url is already redacted."""
+        self.rpc_calls.labels(chain, url, outcome).inc()

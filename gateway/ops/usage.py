@@ -13,8 +13,8 @@ from gateway.ledger.sqlite import SqliteLedger
 COLUMNS = ("service", "subscriber", "calls", "charged", "settled", "pending", "shortfall")
 
 
-async def _with_ledger(config: GatewayConfig, fn) -> Any:
-    db = SqliteDatabase(sqlite_path(config.metering.ledger))
+async def _with_ledger(ledger_url: str, fn) -> Any:
+    db = SqliteDatabase(sqlite_path(ledger_url))
     ledger = SqliteLedger(db)
     try:
         await ledger.open()
@@ -23,8 +23,9 @@ async def _with_ledger(config: GatewayConfig, fn) -> Any:
         await db.close()
 
 
-def usage_report(config: GatewayConfig, service: str | None, subscriber: str | None) -> str:
-    rows = asyncio.run(_with_ledger(config, lambda ledger: ledger.usage(service, subscriber)))
+def usage_report(ledger_url: str, service: str | None, subscriber: str | None) -> str:
+    """The ledger's rows as a table; takes the ledger URL alone (`load_metering`), no whole config."""
+    rows = asyncio.run(_with_ledger(ledger_url, lambda ledger: ledger.usage(service, subscriber)))
     if not rows:
         return "no charges recorded"
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS}
@@ -43,4 +44,4 @@ def resolve_shortfall(config: GatewayConfig, service_id: str, subscriber: str, n
     if plan is None or plan.standard != "erc1155":
         raise ValueError(f"service {service_id!r} has no credits plan")
     account = Account(config.chains[plan.chain].chain_id, plan.contract, int(plan.token_id or 0), subscriber)
-    return asyncio.run(_with_ledger(config, lambda ledger: ledger.resolve_shortfalls(account, note)))
+    return asyncio.run(_with_ledger(config.metering.ledger, lambda ledger: ledger.resolve_shortfalls(account, note)))

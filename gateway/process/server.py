@@ -13,7 +13,9 @@
   platform's restart policy (systemd `Restart=`, a container's restart policy) replaces it.
 - `workers: N > 1`: `gateway.process.supervisor` forks N workers that accept on the parent's sockets
   (the kernel hands each new connection to one of them), replaces a worker that dies, and
-  stops on a crash loop; the worker in slot 0 also serves the admin listener and settles.
+  stops on a crash loop; the worker in slot 0 also serves the admin listener and settles. Its
+  /metrics sums every worker's (`gateway.ops.worker_metrics`: a folder of metric files the parent
+  creates on start and removes on exit).
 - Every listener cuts slow and idle clients off (`gateway.process.connection_limits`).
 """
 
@@ -36,6 +38,7 @@ from gateway.process.connection_limits import ConnectionBudget, LimitedSite, rai
 from gateway.process.ledger_lock import LedgerInUse, hold_ledger
 from gateway.process.parent_death import parent_alive
 from gateway.process.supervisor import HANDLED, Supervisor
+from gateway.ops import worker_metrics
 
 log = structlog.get_logger("gateway.server")
 BACKLOG = 2048  # the kernel caps it at net.core.somaxconn
@@ -176,9 +179,12 @@ def serve(config: GatewayConfig) -> int:
                 return 0
             # Stopping: the parent's copies of the sockets close (the workers close theirs as they stop),
             # so new clients are refused at once instead of waiting in a backlog nobody accepts from.
+            # Metrics: every worker writes its values to a fresh folder the admin listener sums.
+            log.info("metrics_folder", folder=str(worker_metrics.start_multiprocess()))
             return Supervisor(config, lambda cfg, slot, parent: _worker_main(cfg, slot, parent, listeners),
-                              on_stopping=listeners.close_sockets).run()
+                              on_stopping=listeners.close_sockets, on_exited=worker_metrics.worker_exited).run()
         finally:
+            worker_metrics.stop_multiprocess()
             if config.pid_file:
                 config.pid_file.unlink(missing_ok=True)
     finally:
@@ -218,6 +224,7 @@ def _worker_main(config: GatewayConfig, slot: int, parent: int, listeners: Liste
         if listeners.ledger_lock is not None:
             os.close(listeners.ledger_lock)
         listeners = Listeners(public=listeners.public)
+    worker_metrics.worker_started(slot)  # the admin listener reports this process's memory and CPU as this slot's
     _run_worker(config, slot, listeners, parent)
 
 

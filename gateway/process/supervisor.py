@@ -7,7 +7,8 @@
   and are accepted by the other workers (public) or by the replacement (admin).
 - A worker that exits (crash, kill, anything but the parent's own SIGTERM) is logged as
   `worker_exited` and replaced in its slot after a back-off (0.5 s, doubling per exit of that
-  slot within the crash-loop window, at most 10 s).
+  slot within the crash-loop window, at most 10 s). `on_exited(pid)` is told of every exit
+  (the server forgets the dead worker's live gauges; its counters stay in the sums).
 - A crash loop stops the gateway: CRASH_LOOP_EXITS (5) worker exits within CRASH_LOOP_WINDOW
   (60 s) log `crash_loop` and the parent stops the rest and exits 1. Constants, not config: a
   gateway whose workers die every few seconds needs an operator, not a tuning knob.
@@ -45,10 +46,13 @@ WorkerMain = Callable[[GatewayConfig, int, int], None]  # (config, slot, parent 
 
 class Supervisor:
     def __init__(self, config: GatewayConfig, worker_main: WorkerMain,
-                 on_stopping: Callable[[], None] = lambda: None) -> None:
+                 on_stopping: Callable[[], None] = lambda: None,
+                 on_exited: Callable[[int], None] = lambda pid: None) -> None:
         """`on_stopping`: called once when the gateway stops (e.g. close the parent's listening
-        sockets, so that new clients are refused while the workers finish what they hold)."""
+        sockets, so that new clients are refused while the workers finish what they hold).
+        `on_exited(pid)`: called for every worker that exited (e.g. forget its live gauges)."""
         self.config = config
+        self._on_exited = on_exited
         self._worker_main = worker_main
         self._on_stopping = on_stopping
         self._ctx = multiprocessing.get_context("fork")
@@ -158,6 +162,7 @@ class Supervisor:
         proc = self._procs.pop(slot)
         proc.join()
         code = proc.exitcode
+        self._on_exited(proc.pid)
         if self._stopping:
             return False  # it was asked to stop
         fields = {"exit_code": code} if code is not None and code >= 0 else \

@@ -73,8 +73,8 @@ async def test_metrics_count_the_calls_made(make_gateway, admin_for, chain, plug
     assert m[("gateway_credits_charged_total", (("service", "elvis"),))] == 4
     assert m[("gateway_credits_reserved_total", (("service", "elvis"),))] == 4
     assert m[("gateway_credits_settled_total", ())] == 4
-    assert m[("gateway_plan_cache_total", (("outcome", "rpc_calls"),))] == 1
-    assert m[("gateway_plan_cache_total", (("outcome", "hits"),))] == 2
+    assert m[("gateway_plan_rpc_calls_total", ())] == 1
+    assert m[("gateway_plan_checks_total", (("result", "hit"),))] == 2
     assert m[("gateway_upstream_response_seconds_count", (("service", "elvis"),))] == 6
     assert m[("gateway_settlement_lag_seconds", ())] == 0
     assert m[("gateway_open_streams", ())] == 0

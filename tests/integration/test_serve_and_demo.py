@@ -61,7 +61,7 @@ def test_admin_endpoints(served):
     status, metrics = get(f"http://127.0.0.1:{admin}/metrics")
     assert status == 200
     assert b'gateway_requests_total{decision="open",service="elvis",status="200"} 1.0' in metrics
-    assert b'gateway_plan_cache_total{outcome="hits"} 0.0' in metrics
+    assert b'gateway_plan_checks_total{result="hit"} 0.0' in metrics
     # The admin listener is separate: the public port does not serve it.
     assert get(f"http://127.0.0.1:{port}/metrics", "elvis.proxy.localhost")[0] == 404
 
