@@ -243,7 +243,8 @@ def _import_openapi(args) -> int:
         document = oi.load_document(args.source)
         for warning in oi.validation_warnings(document):
             print(f"warning: {args.source}: {warning}", file=sys.stderr)
-        ops = oi.operations(document, args.exclude_method, args.exclude, args.base_path)
+        ops = oi.operations(document, args.exclude_method, args.exclude, args.base_path,
+                            warn=lambda w: print(f"warning: {args.source}: {w}", file=sys.stderr))
         oi.check(ops)
         if args.write:
             added, kept = oi.write_config(args.write, args.service, ops)

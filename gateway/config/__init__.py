@@ -1,7 +1,8 @@
 """The config file: its typed, frozen model (`model`), loading with ${VAR} substitution (`load`,
-`nodes`, `values`), per-service checks (`services`), rules across sections (`checks`), endpoint
-rules (`rules`), the file's JSON Schema for editors (`schema`, `gateway config-schema`) and the
-default `workers`: the CPUs this process may use (`cpus`).
+`nodes`, `values`; secrets from `*_file` keys and the operator's keystore in `secret_files`),
+per-service checks (`services`), rules across sections (`checks`), endpoint rules (`rules`), the
+file's JSON Schema for editors (`schema`, `gateway config-schema`) and the default `workers`: the
+CPUs this process may use (`cpus`).
 
 Owns every check of a config: `gateway check-config` and `gateway serve` run the same ones, and
 nothing built at start-up refuses a config the loader accepted (runtime raises are guards only).

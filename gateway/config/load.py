@@ -33,6 +33,7 @@ from gateway.config.model import (
     TokensConfig,
 )
 from gateway.config.nodes import ConfigError, Node
+from gateway.config.secret_files import inline_or_file, keystore_key
 from gateway.config.services import parse_services
 
 __all__ = ["ConfigError", "load_config", "load_metering", "parse_config"]
@@ -98,7 +99,8 @@ def parse_config(
     )
     chains = _chains(root.child("chains"), problems)
     tokens = _tokens(root.child("tokens"), base_dir, problems)
-    services = parse_services(root.child("services", required=True), chains, config_kwargs["max_body"], problems)
+    services = parse_services(root.child("services", required=True), chains, config_kwargs["max_body"], problems,
+                              base_dir)
     metering = _metering(root.child("metering"), base_dir)
     root.done()
     # Rules across sections, which `serve` would otherwise meet only at start-up.
@@ -231,19 +233,22 @@ def _issuer(n: Node, base_dir: Path) -> IssuerConfig:
         jwks_url=n.get("jwks_url", v.http_url, None),
         jwks_file=n.get("jwks_file", v.jwks_file(base_dir), None),
         public_key_file=n.get("public_key_file", v.public_key_file(base_dir), None),
-        secret=n.get("secret", v.non_empty, None),
+        secret=inline_or_file(n, "secret", v.non_empty, base_dir, None),
     )
-    sources = [k for k in ("jwks_url", "jwks_file", "public_key_file", "secret") if n.value.get(k) is not None]
-    if len(sources) != 1:
-        n.problems.append(f"{n.path}: exactly one of jwks_url, jwks_file, public_key_file, secret is required")
+    keys = ("jwks_url", "jwks_file", "public_key_file", "secret", "secret_file")
+    sources = {"secret" if k == "secret_file" else k for k in keys if n.value.get(k) is not None}
+    if len(sources) != 1:  # secret and secret_file together: reported once, by inline_or_file
+        n.problems.append(f"{n.path}: exactly one of jwks_url, jwks_file, public_key_file, secret is required"
+                          " (secret_file is a secret)")
     # Why: mixing HMAC with public-key algorithms is the classic algorithm-confusion hole
     # (an attacker signs HS256 with the public key); a secret issuer is HS256 and nothing else.
     if issuer.secret is not None:
         if set(issuer.algorithms) != {"HS256"}:
             n.problems.append(f"{n.at('algorithms')}: an issuer with a secret allows exactly [HS256]")
-        if len(issuer.secret.encode()) < 32:
-            n.problems.append(f"{n.at('secret')}: must be at least 32 bytes")
-    elif "HS256" in issuer.algorithms:
+        if len(issuer.secret.encode()) < 32:  # a file's content counts, its trailing newline stripped
+            key = "secret" if n.value.get("secret") else "secret_file"
+            n.problems.append(f"{n.at(key)}: must be at least 32 bytes")
+    elif "HS256" in issuer.algorithms and "secret" not in sources:  # a bad secret is already reported
         n.problems.append(f"{n.at('algorithms')}: HS256 needs a `secret` (32+ bytes) and no public key")
     n.done()
     return issuer
@@ -261,9 +266,20 @@ def _metering(m: Node | None, base_dir: Path) -> MeteringConfig:
         return MeteringConfig(ledger=v.ledger_url(MeteringConfig.ledger, base_dir))
     metering = MeteringConfig(
         ledger=m.get("ledger", lambda raw: v.ledger_url(raw, base_dir), v.ledger_url(MeteringConfig.ledger, base_dir)),
-        operator_key=m.get("operator_key", v.private_key, None),
+        operator_key=_operator_key(m, base_dir),
         settle_every=m.get("settle_every", v.duration, 30.0),
         hold_margin=m.get("hold_margin", v.duration, MeteringConfig.hold_margin),
     )
     m.done()
     return metering
+
+
+def _operator_key(m: Node, base_dir: Path) -> str | None:
+    """`operator_key`, `operator_key_file` or `operator_keystore` (+ its password file): at most one."""
+    key = inline_or_file(m, "operator_key", v.private_key, base_dir, None)
+    stored = keystore_key(m, "operator_keystore", base_dir)
+    # Why refuse two sources: which key burns would be a guess (and a key holds BURNER_ROLE).
+    if m.value.get("operator_keystore") and (m.value.get("operator_key") or m.value.get("operator_key_file")):
+        m.problems.append(f"{m.path}: exactly one of operator_key, operator_key_file, operator_keystore")
+        return None
+    return key if key is not None else stored

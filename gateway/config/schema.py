@@ -95,6 +95,7 @@ DOMAIN = _string("a host name", r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9]
 HEADER_NAME = _string("an HTTP header name", v._TOKEN_CHARS.pattern)
 LISTEN = _string("HOST:PORT or [IPv6]:PORT", r"\[[0-9a-fA-F:.]+\]:\d+|[^:\[\]]+:\d+")
 ADDRESS = _string("an Ethereum address (0x + 40 hex digits, any case)", v._HEX40.pattern)
+SECRET_FILE = _string("a file holding the key without `_file` (instead of it): not readable by every user")
 
 
 def _endpoint_rules(with_price: bool) -> dict:
@@ -115,6 +116,7 @@ def _service() -> dict:
             "type": _choice("none", "bearer", "basic", "header"),
             "token": _string("bearer: the token"), "username": _string("basic"), "password": _string("basic"),
             "name": HEADER_NAME, "value": _string("header: its value"),
+            "token_file": SECRET_FILE, "password_file": SECRET_FILE, "value_file": SECRET_FILE,
         }, ("type",), "the owner's credential the gateway sends in place of the client's"),
         "timeout": DURATION,
         "did": _string("did:nv:<64 hex>; <base36 of it>.<base_domain> also reaches the service",
@@ -152,7 +154,8 @@ def _tokens() -> dict:
         "algorithms": _list(_choice(*ALGORITHMS), min_items=1),
         "jwks_url": HTTP_URL, "jwks_file": _string("a JWKS file"), "public_key_file": _string("a PEM public key"),
         "secret": _string("HS256 only, 32+ bytes"),
-    }, ("issuer",), "exactly one of jwks_url, jwks_file, public_key_file, secret")
+        "secret_file": _string("a file holding the secret (32+ bytes once a trailing newline is stripped)"),
+    }, ("issuer",), "exactly one of jwks_url, jwks_file, public_key_file, secret, secret_file")
     own = _object({
         "issuer": _string(), "signing_key_file": _string("PEM: EC P-256 (ES256) or Ed25519 (EdDSA)"),
         "ttl": DURATION, "previous_key_files": _list(_string(), description="still verify (key rotation)"),
@@ -206,6 +209,9 @@ def config_schema() -> dict[str, Any]:
             "metering": _object({
                 "ledger": _string("sqlite:///PATH (relative to this file) or sqlite:////ABSOLUTE", r"sqlite:///.+"),
                 "operator_key": _string("the burner's private key (0x + 64 hex)", v._HEX64.pattern),
+                "operator_key_file": _string("a file holding operator_key (instead of it)"),
+                "operator_keystore": _string("an encrypted eth-keyfile JSON holding the operator key (instead of it)"),
+                "operator_keystore_password_file": _string("the keystore's password, in a file"),
                 "settle_every": DURATION,
                 "hold_margin": DURATION,
             }),

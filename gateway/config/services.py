@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from gateway.config.model import (
 )
 from gateway.config.nodes import Node
 from gateway.config.rules import RuleError, compile_rule
+from gateway.config.secret_files import inline_or_file
 
 # The keys of the two mappings read without a `Node` (also declared by `gateway.config.schema`).
 DYNAMIC_PRICE_KEYS = ("header", "min", "max")    # credits: {header, min, max}
@@ -32,7 +34,8 @@ TOOL_PRICE_KEYS = ("credits",)                   # mcp.tools.NAME: {credits: N}
 
 
 def parse_services(
-    node: Node | None, chains: Mapping[str, ChainConfig], max_body: int | None, problems: list[str]
+    node: Node | None, chains: Mapping[str, ChainConfig], max_body: int | None, problems: list[str],
+    base_dir: Path = Path("."),
 ) -> dict[str, ServiceConfig]:
     services: dict[str, ServiceConfig] = {}
     for sid, raw in (node.value.items() if node else ()):
@@ -50,7 +53,7 @@ def parse_services(
             did_label=v.did_label(did) if did else None,
             hosts=tuple(s.get("hosts", v.list_of(v.domain), ()) or ()),
             upstream=s.get("upstream", v.upstream_url),
-            upstream_auth=_upstream_auth(s.child("upstream_auth")),
+            upstream_auth=_upstream_auth(s.child("upstream_auth"), base_dir),
             timeout=s.get("timeout", v.duration, 60.0),
             owner=s.get("owner", v.address, None),
             open_endpoints=_rules(s, "open_endpoints", with_price=False),
@@ -212,18 +215,20 @@ def _plan(p: Node, chains: Mapping[str, ChainConfig]) -> PlanConfig:
     return plan
 
 
-def _upstream_auth(a: Node | None) -> UpstreamAuth:
+def _upstream_auth(a: Node | None, base_dir: Path) -> UpstreamAuth:
+    """The credential sent upstream; each secret inline or from a file (`token_file`, `password_file`, `value_file`)."""
     if a is None:
         return UpstreamAuth(type="none")
     kind = a.get("type", v.choice("none", "bearer", "basic", "header"))
     auth = UpstreamAuth(type="none")
     if kind == "bearer":
-        auth = UpstreamAuth("bearer", "Authorization", f"Bearer {a.get('token', v.header_value)}")
+        auth = UpstreamAuth("bearer", "Authorization", f"Bearer {inline_or_file(a, 'token', v.header_value, base_dir)}")
     elif kind == "basic":
-        user, password = a.get("username", v.header_value), a.get("password", v.header_value)
+        user, password = a.get("username", v.header_value), inline_or_file(a, "password", v.header_value, base_dir)
         credential = base64.b64encode(f"{user}:{password}".encode()).decode()
         auth = UpstreamAuth("basic", "Authorization", f"Basic {credential}")
     elif kind == "header":
-        auth = UpstreamAuth("header", a.get("name", v.header_name), a.get("value", v.header_value))
+        value = inline_or_file(a, "value", v.header_value, base_dir)
+        auth = UpstreamAuth("header", a.get("name", v.header_name), value)
     a.done()
     return auth

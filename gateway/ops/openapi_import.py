@@ -4,7 +4,10 @@ One rule per operation: the method and the path, with `{param}` turned into `:pa
 segment) and regex characters escaped, so that the rule matches exactly the paths the document
 describes; operationId and summary follow as a comment. Paths are prefixed with the base path of
 the document's first server (`servers: [{url: /api/v3}]` -> `/api/v3/pet`), since that is what
-clients send through the gateway; `--base-path` overrides it.
+clients send through the gateway; `--base-path` overrides it. A rule is written for the path as
+the gateway matches it (`openapi_paths`: query cut off, normalized spelling); what the rules cannot
+say as the document does goes to `warn`, which the command prints to stderr. The document itself is
+read and checked by `openapi_document`.
 
 `write_config` puts the rules into a config file in place: round-trip YAML (ruamel.yaml) keeps
 the owner's comments and layout; rules already listed (with their prices) stay as they are, new
@@ -19,11 +22,9 @@ import json
 import os
 import re
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
-from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedSeq
@@ -31,20 +32,14 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from gateway.config.rules import HTTP_METHODS, RuleError, compile_rule
+from gateway.ops.openapi_document import ImportProblem, load_document, validation_warnings
+from gateway.ops.openapi_paths import PARAM as _PARAM, Warn, base_path, rule_template
 
+__all__ = ["ImportProblem", "Operation", "load_document", "validation_warnings", "base_path", "operations",
+           "path_pattern", "render", "check", "write_config"]
 OPERATION_KEYS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-MAX_DOCUMENT = 20 * 1024 * 1024
-_PARAM = re.compile(r"\{([^{}/]+)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REGEX_SPECIAL = frozenset(".^$*+?()[]{}|\\")
-
-
-class ImportProblem(Exception):
-    """The document or the config cannot be used; the message (or `problems`) says why."""
-
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or []
 
 
 @dataclass(frozen=True)
@@ -61,80 +56,24 @@ class Operation:
         return " ".join(text.split())  # one line
 
 
-def load_document(source: str) -> dict[str, Any]:
-    """The OpenAPI document at a URL or in a file (YAML or JSON)."""
-    try:
-        if urlsplit(source).scheme in ("http", "https"):
-            request = urllib.request.Request(source, headers={"Accept": "application/json, application/yaml, */*"})
-            with urllib.request.urlopen(request, timeout=30) as resp:
-                raw = resp.read(MAX_DOCUMENT + 1)
-        else:
-            raw = Path(source).read_bytes()
-    except OSError as exc:
-        raise ImportProblem(f"{source}: cannot read: {exc}") from None
-    if len(raw) > MAX_DOCUMENT:
-        raise ImportProblem(f"{source}: larger than {MAX_DOCUMENT} bytes")
-    try:
-        # YAML 1.2 (a superset of JSON), safe loader: no tags, no objects.
-        document = YAML(typ="safe", pure=True).load(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, YAMLError) as exc:
-        raise ImportProblem(f"{source}: neither JSON nor YAML: {exc}") from None
-    if not isinstance(document, dict):
-        raise ImportProblem(f"{source}: not an OpenAPI document (no top-level mapping)")
-    version = str(document.get("openapi", ""))
-    if not version.startswith("3."):
-        found = f"Swagger {document['swagger']}" if "swagger" in document else "no `openapi: 3.x` field"
-        raise ImportProblem(f"{source}: not an OpenAPI 3 document ({found}); convert it to OpenAPI 3 first")
-    if not isinstance(document.get("paths"), dict):
-        raise ImportProblem(f"{source}: the document has no `paths`")
-    return document
-
-
-def validation_warnings(document: Mapping[str, Any], limit: int = 5) -> list[str]:
-    """What openapi-spec-validator finds wrong (import goes on: many real documents are a bit off)."""
-    from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
-    from jsonschema_path import SchemaPath
-
-    version = str(document.get("openapi", ""))
-    validator = OpenAPIV30SpecValidator if version.startswith("3.0") else OpenAPIV31SpecValidator
-    found = []
-    try:
-        for error in validator(SchemaPath.from_dict(dict(document))).iter_errors():
-            where = "/".join(str(p) for p in getattr(error, "absolute_path", ()) or ())
-            found.append(f"{where or '(document)'}: {getattr(error, 'message', error)}")
-            if len(found) >= limit:
-                break
-    except Exception as exc:  # noqa: BLE001 - a validator crash must not stop an import
-        found.append(f"(validator) {type(exc).__name__}: {exc}")
-    return found
-
-
-def base_path(document: Mapping[str, Any]) -> str:
-    """The path of the first server URL (variables at their defaults), without a trailing '/'."""
-    servers = document.get("servers")
-    if not isinstance(servers, list) or not servers or not isinstance(servers[0], dict):
-        return ""
-    url = str(servers[0].get("url") or "")
-    variables = servers[0].get("variables") if isinstance(servers[0].get("variables"), dict) else {}
-    url = _PARAM.sub(lambda m: str((variables.get(m.group(1)) or {}).get("default", "")), url)
-    path = urlsplit(url).path if "://" in url else url.split("?")[0]
-    return "/" + path.strip("/") if path.strip("/") else ""
-
-
 def operations(document: Mapping[str, Any], exclude_methods: Iterable[str] = (), exclude: Iterable[str] = (),
-               prefix: str | None = None) -> list[Operation]:
+               prefix: str | None = None, warn: Warn | None = None) -> list[Operation]:
     """Every operation of the document, in document order, minus the excluded ones.
 
     `exclude` regexes are searched in the document's path (`/pet/{petId}`) and in
-    `METHOD /path`; `prefix` defaults to the first server's base path."""
+    `METHOD /path`; `prefix` defaults to the first server's base path. What the rules cannot
+    say as the document does (a query in a path key, a path the gateway refuses) goes to `warn`."""
+    warn = warn or (lambda _message: None)
     skip_methods = {m.upper() for m in exclude_methods}
     patterns = [re.compile(p) for p in exclude]
-    prefix = base_path(document) if prefix is None else "/" + prefix.strip("/") if prefix.strip("/") else ""
-    found = []
+    prefix = base_path(document, warn) if prefix is None else "/" + prefix.strip("/") if prefix.strip("/") else ""
+    found: list[Operation] = []
+    seen: dict[str, str] = {}
     for path, item in document["paths"].items():
         item = _resolve(document, item)
         if not isinstance(path, str) or not path.startswith("/") or not isinstance(item, dict):
             continue
+        template = rule_template(prefix, path, warn)
         for key, operation in item.items():
             method = str(key).upper()
             # TRACE is not a method the gateway forwards; x-* and parameters are not operations.
@@ -142,8 +81,14 @@ def operations(document: Mapping[str, Any], exclude_methods: Iterable[str] = (),
                 continue
             if method in skip_methods or any(p.search(path) or p.search(f"{method} {path}") for p in patterns):
                 continue
-            full = prefix + path
-            found.append(Operation(method, full, f"{method} {path_pattern(full)}",
+            if template is None:
+                continue
+            rule = f"{method} {path_pattern(template)}"
+            if rule in seen:  # `/x?beta=true` next to `/x`: one rule covers both
+                warn(f"{method} {path}: same rule as {seen[rule]} ({rule!r}): listed once")
+                continue
+            seen[rule] = f"{method} {path}"
+            found.append(Operation(method, prefix + path, rule,
                                    _text(operation.get("operationId")), _text(operation.get("summary"))))
     return found
 
@@ -166,7 +111,8 @@ def path_pattern(path: str) -> str:
 
 
 def _escape(text: str) -> str:
-    return "".join("\\" + ch if ch in _REGEX_SPECIAL else ch for ch in text)
+    escaped = "".join("\\" + ch if ch in _REGEX_SPECIAL else ch for ch in text)
+    return re.sub(r"(?<=/):", r"\\:", escaped)  # a literal `/:x` segment is not the parameter `:x`
 
 
 def _text(value: Any) -> str | None:

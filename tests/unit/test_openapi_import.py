@@ -161,3 +161,106 @@ def test_load_document_reads_json_with_a_bom(tmp_path):
     path = tmp_path / "doc.json"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"openapi": "3.0.0", "paths": {"/a": {"get": {}}}}).encode())
     assert list(load_document(str(path))["paths"]) == ["/a"]
+
+
+def _doc(tmp_path, paths, servers=None):
+    doc = {"openapi": "3.0.0", "info": {"title": "t", "version": "1"},
+           "paths": {p: {"get": {"responses": {"200": {"description": "ok"}}}} for p in paths}}
+    if servers is not None:
+        doc["servers"] = [{"url": url} for url in servers]
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+@pytest.mark.parametrize("url, rule", [
+    ("localhost:5003/", "GET /x"),             # OpenAI's plugin quickstart
+    ("localhost:5003", "GET /x"),
+    ("api.example.com/v2/", "GET /v2/x"),      # an Apifox export
+    ("127.0.0.1:8000/api", "GET /api/x"),
+    ("[::1]:8000/api", "GET /api/x"),
+])
+def test_a_server_url_without_a_scheme_is_a_host_not_a_path(capsys, tmp_path, url, rule):
+    code, out, err = run(capsys, _doc(tmp_path, ["/x"], [url]), "--service", "s")
+    assert code == 0 and printed_rules(out) == [rule]
+    assert f"servers[0].url {url!r} has no scheme: read as host" in err
+
+
+@pytest.mark.parametrize("url, rule", [("/api/v3", "GET /api/v3/x"), ("api/v3", "GET /api/v3/x"),
+                                       ("v1.2", "GET /v1.2/x"), ("//cdn.example.com/b", "GET /b/x")])
+def test_server_urls_that_are_paths_stay_paths(capsys, tmp_path, url, rule):
+    code, out, err = run(capsys, _doc(tmp_path, ["/x"], [url]), "--service", "s")
+    assert code == 0 and [r.replace("\\", "") for r in printed_rules(out)] == [rule] and "no scheme" not in err
+
+
+def test_a_query_in_a_path_key_is_left_out_of_the_rule(capsys, tmp_path):
+    code, out, err = run(capsys, _doc(tmp_path, ["/x/{id}?beta=true", "/y?mode=a", "/y?mode=b", "/y"]),
+                         "--service", "s")
+    assert code == 0 and printed_rules(out) == ["GET /x/:id", "GET /y"]
+    assert "path '/x/{id}?beta=true': the query '?beta=true' is not part of a rule" in err
+    assert "GET /y?mode=b: same rule as GET /y?mode=a ('GET /y'): listed once" in err
+    assert compile_rule("GET /x/:id").matches("GET", "/x/42")
+
+
+@pytest.mark.parametrize("template, request_path, rule", [
+    ("/a b/{id}", "/a b/1", "GET /a%20b/:id"),
+    ("/tags/<b>", "/tags/<b>", "GET /tags/%3Cb%3E"),
+    ("/café/{x}", "/café/1", "GET /caf%C3%A9/:x"),
+    ("/%7euser/%c3%a9", "/~user/é", "GET /~user/%C3%A9"),    # unreserved escapes decoded, others upper case
+    ("/a/./b/../c", "/a/c", "GET /a/c"),
+])
+def test_a_rule_matches_the_normalized_spelling_of_the_path(capsys, tmp_path, template, request_path, rule):
+    from gateway.http.routing import normalize_path
+
+    code, out, err = run(capsys, _doc(tmp_path, [template]), "--service", "s")
+    assert code == 0 and printed_rules(out) == [rule]
+    assert f"path {template!r}: requests reach the gateway as" in err
+    assert compile_rule(rule).matches("GET", normalize_path(request_path))
+
+
+def test_paths_no_request_can_take_are_skipped_with_a_warning(capsys, tmp_path):
+    code, out, err = run(capsys, _doc(tmp_path, ["/a\\b", "/p/%252e", "/f#frag", "/ok", "/{id}/.."]), "--service", "s")
+    assert code == 0 and printed_rules(out) == ["GET /ok"]
+    assert "path '/a\\\\b': skipped, the gateway refuses such a path (backslash in the path" in err
+    assert "path '/p/%252e': skipped, the gateway refuses such a path (double-encoded escape" in err
+    assert "path '/f#frag': a '#' never reaches a server" in err
+    assert "path '/{id}/..': skipped, its normalized form '/' lost the parameter {id}" in err
+
+
+def test_a_literal_colon_segment_is_not_a_parameter(capsys, tmp_path):
+    code, out, _ = run(capsys, _doc(tmp_path, ["/v1/:batch", "/v1/models/{model}:generate"]), "--service", "s")
+    assert code == 0
+    batch, generate = (compile_rule(r) for r in printed_rules(out))
+    assert batch.matches("GET", "/v1/:batch") and not batch.matches("GET", "/v1/other")
+    assert generate.matches("GET", "/v1/models/m1:generate") and not generate.matches("GET", "/v1/models/m1")
+
+
+def test_a_big_document_is_checked_against_the_schema_only(capsys, tmp_path, monkeypatch):
+    from gateway.ops import openapi_document
+
+    monkeypatch.setattr(openapi_document, "FULL_CHECK_NODES", 100)  # the Petstore has ~700 nodes
+    doc = yaml.safe_load(PETSTORE.read_text())
+    del doc["info"]
+    path = tmp_path / "no-info.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    code, out, err = run(capsys, str(path), "--service", "pets")
+    assert code == 0 and printed_rules(out) == PETSTORE_RULES
+    assert "checked against the OpenAPI JSON Schema only" in err and "'info' is a required property" in err
+
+
+def test_yaml_flow_style_that_looks_like_json_is_read_as_yaml(tmp_path):
+    path = tmp_path / "doc.yaml"
+    path.write_text("{openapi: 3.0.0, paths: {/a: {get: {}}}}\n")
+    assert list(load_document(str(path))["paths"]) == ["/a"]
+
+
+def test_yaml_is_read_as_yaml_1_2(tmp_path):
+    from ruamel.yaml import YAML
+
+    text = ("openapi: 3.0.0\npaths:\n  /a:\n    get:\n      x-values: [yes, no, on, off, 0755, 0o17, 0x1f, 1_000, 1:20,"
+            " 1e3, .inf, ~, 2024-01-02, 0b101, true, FALSE]\n")
+    path = tmp_path / "doc.yaml"
+    path.write_text(text)
+    values = load_document(str(path))["paths"]["/a"]["get"]["x-values"]
+    assert values == YAML(typ="safe", pure=True).load(text)["paths"]["/a"]["get"]["x-values"]
+    assert values[:6] == ["yes", "no", "on", "off", 755, 15] and values[8] == "1:20"
