@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from gateway import __version__
 from gateway.config.load import ConfigError, load_config, load_metering
 from gateway.config.values import address, duration
 
@@ -21,6 +22,7 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Payment-plan gateway")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     for name, help_text in (("serve", "run the gateway"), ("check-config", "validate the config"),
