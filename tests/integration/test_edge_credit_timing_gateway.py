@@ -233,9 +233,8 @@ async def test_a_client_closing_right_after_its_body_never_gets_the_upstreams_wo
 
 def served_edge(chain, plugin, signing_key, tmp_path, subscriber: str, **service) -> Served:
     """`gateway serve` with 2 workers; `service` keys changed on the `elvis` service."""
-    served = Served(chain, plugin, signing_key, tmp_path)
+    served = Served(chain, plugin, signing_key, tmp_path, workers=2)
     data = yaml.safe_load(served.path.read_text())
-    data["workers"] = 2
     data["services"]["elvis"].update(service)
     data["metering"]["hold_margin"] = "0s"
     served.path.write_text(yaml.safe_dump(data))

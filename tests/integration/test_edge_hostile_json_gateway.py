@@ -76,9 +76,8 @@ def listening(served: Served) -> int:
 @pytest.fixture
 def two_workers(chain, plugin, mcp_upstream, signing_key, tmp_path):  # noqa: F811
     """`gateway serve`, workers: 2, with the plugin service (elvis) and an MCP service (songs)."""
-    served = Served(chain, plugin, signing_key, tmp_path)
+    served = Served(chain, plugin, signing_key, tmp_path, workers=2)
     data = yaml.safe_load(served.path.read_text())
-    data["workers"] = 2
     songs = dict(data["services"]["elvis"], upstream=mcp_upstream.url, open_endpoints=[], protected_endpoints=[],
                  upstream_auth={"type": "bearer", "token": mcp_upstream.secret},
                  mcp={"path": "/mcp", "tools": {"search": 2}, "default_tool_credits": 1})

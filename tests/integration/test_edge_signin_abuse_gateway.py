@@ -199,9 +199,8 @@ async def test_a_login_with_a_bad_signature_reads_no_balance_from_the_chain(make
 def test_many_sign_ins_leave_a_bounded_shared_balances_table(chain, plugin, signing_key, tmp_path):
     """Real `gateway serve`, workers: 2 (the table exists with more than one worker): every new
     address that signs in adds a row; once they are past any ttl, the next sign-in prunes them."""
-    served = Served(chain, plugin, signing_key, tmp_path)
+    served = Served(chain, plugin, signing_key, tmp_path, workers=2)
     data = yaml.safe_load(served.path.read_text())
-    data["workers"] = 2
     data["plan_cache"] = {"ttl": "1s", "negative_ttl": "1s"}
     data["tokens"]["signin_rate"] = "off"  # many sign-ins from one address here; the limit is tested above
     served.path.write_text(yaml.safe_dump(data))

@@ -11,20 +11,12 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.served import Served
 from tests.support.stack import HOST
 
 CALLS = 40
-
-
-def wait_until_listening(served: Served, worker: int, start: int = 0) -> int:
-    """The pid of the worker in `worker`'s slot once it listens."""
-    line = served.child.wait_for(rf'(?=.*"event": "listening")(?=.*"worker": {worker}\b)', timeout=30,
-                                 start=start).string
-    return json.loads(line)["pid"]
 
 
 def health(served: Served) -> int:
@@ -60,14 +52,11 @@ def spread_calls(served: Served, count: int) -> set[str]:
 
 
 def test_metrics_cover_every_worker_and_survive_a_replaced_worker(chain, plugin, signing_key, tmp_path):
-    served = Served(chain, plugin, signing_key, tmp_path)
-    data = yaml.safe_load(served.path.read_text())
-    data["workers"] = 2
-    served.path.write_text(yaml.safe_dump(data))
+    served = Served(chain, plugin, signing_key, tmp_path, workers=2)
     served.start()
     try:
         folder = Path(json.loads(served.child.wait_for(r'"event": "metrics_folder"').string)["folder"])
-        pids = {slot: wait_until_listening(served, slot) for slot in (0, 1)}
+        pids = {slot: served.wait_until_listening(slot) for slot in (0, 1)}
         assert folder.is_dir()
         assert spread_calls(served, CALLS) == {"0", "1"}  # the kernel spread the connections over both
         before = scrape(served)
@@ -83,7 +72,7 @@ def test_metrics_cover_every_worker_and_survive_a_replaced_worker(chain, plugin,
             mark = len(served.child.lines)
             os.kill(pids[slot], signal.SIGKILL)
             served.child.wait_for(rf'(?=.*"event": "worker_exited")(?=.*"slot": {slot}\b)', start=mark)
-            pids[slot] = wait_until_listening(served, slot, start=mark)
+            pids[slot] = served.wait_until_listening(slot, start=mark)
             after = requests_by_series(scrape(served))
             for series, value in requests_by_series(before).items():
                 assert after.get(series, 0) >= value, series

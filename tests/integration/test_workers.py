@@ -9,20 +9,12 @@ from tests.support.served import Served
 from tests.support.stack import START_CREDITS, SUBSCRIBER
 
 
-def wait_until_both_workers_listen(served: Served) -> None:
-    """Both workers accept connections (a worker that is not listening yet gets none of them)."""
-    for worker in (0, 1):
-        served.child.wait_for(rf'(?=.*"event": "listening")(?=.*"worker": {worker}\b)', timeout=30)
-
-
 def test_two_workers_never_spend_more_than_the_balance(chain, plugin, signing_key, tmp_path):
-    served = Served(chain, plugin, signing_key, tmp_path)
-    data = yaml.safe_load(served.path.read_text())
-    data["workers"] = 2
-    served.path.write_text(yaml.safe_dump(data))
+    served = Served(chain, plugin, signing_key, tmp_path, workers=2)
     served.start()
     try:
-        wait_until_both_workers_listen(served)
+        for slot in (0, 1):  # a worker that is not listening yet gets no connection
+            served.wait_until_listening(slot)
         with ThreadPoolExecutor(max_workers=10) as pool:
             results = list(pool.map(lambda _: served.call("/query", {"queries": [{"query": "love"}]}),
                                     range(5 * START_CREDITS)))
@@ -49,14 +41,14 @@ def test_two_workers_read_a_new_subscribers_balance_from_the_chain_once(chain, p
     loop.run_until_complete(proxy.__aenter__())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    served = Served(chain, plugin, signing_key, tmp_path)
+    served = Served(chain, plugin, signing_key, tmp_path, workers=2)
     data = yaml.safe_load(served.path.read_text())
-    data["workers"] = 2
     data["chains"]["local"]["rpc_urls"] = [proxy.url]
     served.path.write_text(yaml.safe_dump(data))
     served.start()
     try:
-        wait_until_both_workers_listen(served)
+        for slot in (0, 1):  # a worker that is not listening yet gets no connection
+            served.wait_until_listening(slot)
         with ThreadPoolExecutor(max_workers=16) as pool:
             results = list(pool.map(lambda _: served.call("/query", {"queries": [{"query": "love"}]}), range(40)))
         served_by = {line.split('"worker": ')[1][0] for line in served.child.lines if '"event": "request"' in line}

@@ -22,16 +22,22 @@ from tests.support.stack import DEV_ACCOUNTS, HOST, SUBSCRIBER, base_config
 class Served:
     """`gateway serve` on a config file; can be killed and started again on the same ledger."""
 
-    def __init__(self, chain, plugin, signing_key, tmp_path) -> None:
+    def __init__(self, chain, plugin, signing_key, tmp_path, workers: int = 1) -> None:
         self.port, self.admin = free_port(), free_port()
         data = base_config(chain, plugin, signing_key)
-        data.update(listen=f"127.0.0.1:{self.port}", admin_listen=f"127.0.0.1:{self.admin}", workers=1)
+        data.update(listen=f"127.0.0.1:{self.port}", admin_listen=f"127.0.0.1:{self.admin}", workers=workers)
         data["metering"] |= {"operator_key": DEV_ACCOUNTS[0][1], "settle_every": "1h"}
         self.path = tmp_path / "gateway.yaml"
         self.path.write_text(yaml.safe_dump(data))
         self.config = load_config(self.path)
         self.token = OwnIssuer(self.config.tokens.own).issue(SUBSCRIBER, ["elvis"])
         self.child: ChildProcess | None = None
+
+    def wait_until_listening(self, slot: int, start: int = 0) -> int:
+        """The pid of the worker in `slot` once it listens (log lines from index `start`)."""
+        line = self.child.wait_for(rf'(?=.*"event": "listening")(?=.*"worker": {slot}\b)', timeout=30,
+                                   start=start).string
+        return json.loads(line)["pid"]
 
     def start(self, crash_at: str | None = None) -> None:
         env = {"GATEWAY_CRASH_AT": crash_at} if crash_at else {"GATEWAY_CRASH_AT": ""}
