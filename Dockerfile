@@ -4,8 +4,9 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
-COPY requirements.lock ./
-RUN pip install -r requirements.lock
+# Run-time packages only (requirements.lock also holds the test stack: pytest, playwright, httpbin...).
+COPY requirements.runtime.lock ./
+RUN pip install -r requirements.runtime.lock
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY examples ./examples
