@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 from aiohttp import web
 from cachetools import LRUCache
 
+from gateway.http.headers import trusted_peer
 from gateway.http.problems import Problem
 
 # Buckets kept per worker (~6 MB when full); the least recently seen address is forgotten, and a
@@ -67,22 +68,14 @@ class SigninRateLimit:
 def client_address(request: web.Request, trusted: Sequence[IPv4Network | IPv6Network]) -> str:
     """The client's address: the peer, or what trusted proxies say it was (see module doc)."""
     peer = request.remote or ""
-    if not _is_trusted(peer, trusted):
+    if not trusted_peer(peer, trusted):
         return peer
     hops = [hop.strip() for value in request.headers.getall("X-Forwarded-For", []) for hop in value.split(",")]
     for hop in reversed(hops):
-        if not _is_trusted(hop, trusted):
+        if not trusted_peer(hop, trusted):
             # Why the right-most untrusted hop: it was written by our own proxy, the rest by the client.
             return hop
     return peer  # every hop is one of ours: the request comes from our own network
-
-
-def _is_trusted(address: str, trusted: Sequence[IPv4Network | IPv6Network]) -> bool:
-    try:
-        parsed = ip_address(address)
-    except ValueError:
-        return False
-    return any(parsed in network for network in trusted)
 
 
 def _key(address: str) -> str:

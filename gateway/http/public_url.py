@@ -7,11 +7,10 @@ every URL a client reads points back at the gateway, on the name and port it alr
 
 from __future__ import annotations
 
-from ipaddress import ip_address
-
 from aiohttp import web
 
 from gateway.config.model import GatewayConfig
+from gateway.http.headers import trusted_peer
 
 
 def public_base(config: GatewayConfig, request: web.Request) -> str:
@@ -29,16 +28,7 @@ def public_base(config: GatewayConfig, request: web.Request) -> str:
 def _scheme(config: GatewayConfig, request: web.Request) -> str:
     forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
     # Why only from a trusted peer: anyone else could make the gateway advertise plain http.
-    if forwarded in ("http", "https") and _trusted(config, request.remote):
+    if forwarded in ("http", "https") and trusted_peer(request.remote, config.trusted_proxies):
         return forwarded
     return config.public_scheme
 
-
-def _trusted(config: GatewayConfig, peer: str | None) -> bool:
-    if not config.trusted_proxies or not peer:
-        return False
-    try:
-        address = ip_address(peer)
-    except ValueError:  # a unix socket peer, for instance
-        return False
-    return any(address in network for network in config.trusted_proxies)
