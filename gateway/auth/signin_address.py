@@ -23,11 +23,8 @@ from aiohttp import web
 
 from gateway.config.model import GatewayConfig, ServiceConfig
 from gateway.http.problems import Problem
-from gateway.http.public_url import public_base
+from gateway.http.public_url import DEFAULT_PORTS, public_base
 from gateway.auth.siwe import Authority, parse_authority, split_uri
-
-DEFAULT_PORTS = {"http": "80", "https": "443"}
-
 
 @dataclass(frozen=True)
 class Origin:
@@ -57,7 +54,7 @@ class PublicAddress:
         base = config.base_domain.strip().lower().rstrip(".")
         names = [f"{service.id}.{base}", *service.hosts] + ([f"{service.did_label}.{base}"] if service.did_label else [])
         hosts = {name.strip().lower().rstrip(".") for name in names}  # as the router keys them
-        default = DEFAULT_PORTS.get(origin.scheme, "")
+        default = _default_port(origin.scheme)
         port = urlsplit(config.public_url(service)).port
         # Why (module doc): the config's public port, never the Host header's.
         if port is None:
@@ -95,4 +92,8 @@ def _endpoint(scheme: str, authority: Authority) -> tuple[str, str]:
     """(host, port) with the default port of the scheme filled in; host lower-case, no final dot."""
     host = authority.host.lower()
     host = host[:-1] if host.endswith(".") else host
-    return host, authority.port or DEFAULT_PORTS.get(scheme, "")
+    return host, authority.port or _default_port(scheme)
+
+
+def _default_port(scheme: str) -> str:
+    return str(DEFAULT_PORTS[scheme]) if scheme in DEFAULT_PORTS else ""

@@ -34,6 +34,7 @@ from ruamel.yaml.error import YAMLError
 
 from gateway.config.model import ServiceConfig
 from gateway.http.problems import Problem
+from gateway.http.public_url import DEFAULT_PORTS
 from gateway.http.routing import normalize_path
 from gateway.http.upstream import UPSTREAM_ERRORS, bad_upstream_document, upstream_problem
 from gateway.inflight import InFlight
@@ -42,7 +43,6 @@ MANIFEST_PATH = "/.well-known/ai-plugin.json"
 USER_HTTP_BEARER = {"type": "user_http", "authorization_type": "bearer"}
 DOCUMENT_SUFFIXES = (".json", ".yaml", ".yml")
 MAX_DOCUMENT = 4 * 1024 * 1024
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)

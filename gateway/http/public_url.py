@@ -12,6 +12,8 @@ from aiohttp import web
 from gateway.config.model import GatewayConfig
 from gateway.http.headers import trusted_peer
 
+DEFAULT_PORTS = {"http": 80, "https": 443}  # what a URL without a port means
+
 
 def public_base(config: GatewayConfig, request: web.Request) -> str:
     """Scheme from `public_scheme`, or from `X-Forwarded-Proto` when a trusted proxy sent it;
