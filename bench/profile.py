@@ -7,7 +7,8 @@ py-spy is not a project dependency: install it in a throwaway venv first, e.g.
         [--connections 64] [--seconds 10] [--subscribers 64] [--out DIR]
 
 Starts what bench/suite.py starts for one gateway (anvil + plan, the nginx fast upstream, `gateway
-serve` with metering on; the protected target rotates over `--subscribers` fresh subscribers), warms
+serve` with metering on, logging at the config's default level `info`: one access-log line per
+request, as in production; the protected target rotates over `--subscribers` fresh subscribers), warms
 it for 2 s, then runs `wrk -t1 -c<connections> -d<seconds>s` while `py-spy record --idle --threads
 --format raw` samples each worker process. Prints, per worker and thread: the share of samples not
 parked in the event loop's poll or the executor's queue (uvloop's C-level socket work shows as the

@@ -347,7 +347,7 @@ def sse_check(stack: ExitStack, work: Path, chain: DevChain, anvil: Anvil, plan:
                                if res["kb_per_stream_rss"] is not None else None)
     res["all_delivered"] = res["events_delivered"] == res["events_expected"] and not res["problem_count"]
     res["ledger"] = gw.ledger_counts()
-    res["gateway_lines"] = gw.child.lines[-20:]
+    res["gateway_lines"] = gw.child.tail(20)
     log(f"  memory per open stream: {res['kb_per_stream_rss']:.1f} kB RSS; events delivered "
         f"{res['events_delivered']}/{res['events_expected']}, streams complete {res['streams_complete']}/{args.streams}, "
         f"{res['problem_count']} problems")

@@ -14,7 +14,15 @@ One command (`bench/run`, which installs nginx, wrk, the venv and anvil when mis
   metering on with the operator key, so every call is reserved and charged in the SQLite ledger;
   `settle_every: 1h`, so nothing settles during the run), plan cache at the config defaults;
 - **gateway (cold plan cache)**: a second `gateway serve`, identical but for
-  `plan_cache: {ttl: 1ms, negative_ttl: 1ms}`, with its own ledger.
+  `plan_cache: {ttl: 1ms, negative_ttl: 1ms}`, with its own ledger;
+- **bare aiohttp proxy** (`bench/bare_proxy.py`, issue 16): the floor of the gateway's open path,
+  one pooled ClientSession, uvloop, as many processes as the gateway's workers on one shared socket,
+  the whole answer read and returned; no rules, no header hygiene, no log, no metrics.
+
+The gateways log at the config's default level (`info`: one access-log line per request, as in
+production; `--gateway-log-level warning` measures them without it). Their output goes to a file in
+the run's temporary directory (`output_tail` reads its end when something fails), not to a pipe this
+process reads: a Python reader keeping millions of lines would compete for the 2 cores.
 
 Both protected targets use the same wrk script (`bench/wrk/tokens.lua`), which rotates over the
 subscribers' tokens (issued with `OwnIssuer`), so with 64 subscribers and 64 connections every call
@@ -26,8 +34,9 @@ on ledger accounts without charge history: the ledger's per-call cost grows with
 
 Measured with `wrk -t1 -c64 -d<N>s --latency`, the targets ALTERNATING in rounds (each round
 rotates the order), the median round reported per target: req/s, p50, p99, and the ratios to the
-nginx proxy and to the gateway's open path. Then the latency at concurrency 1 (`wrk -c1`), also in
-alternating rounds: the added median of a protected call over the upstream direct. After the run,
+nginx proxy, to the bare aiohttp proxy and to the gateway's open path. Then the latency at
+concurrency 1 (`wrk -c1`), also in alternating rounds: the added median of a protected call (and of
+the bare proxy and the open path) over the upstream direct. After the run,
 the ledgers are checked (every protected call wrk counted is a charge; none is left reserved).
 
 Unless `--no-scale`, `bench/scale.py`'s checks follow in the same run (SSE streams, eth_calls,
@@ -36,6 +45,7 @@ figure) is prepended to `bench/RESULTS.md` (newest on top); the raw figures go t
 `bench/results/suite-<UTC time>.json`.
 
     bench/run [--duration 10] [--rounds 3] [--workers N] [--quick] [--no-scale] [--no-results]
+              [--gateway-log-level LEVEL]
 """
 
 from __future__ import annotations
@@ -120,6 +130,21 @@ def stop_tree(child: Child, timeout: float = 60.0) -> int | None:
     return rc
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of `pids` (those alive), from /proc/<pid>/stat."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
 def vm_kb(pid: int, field: str = "VmRSS") -> int:
     """A /proc/<pid>/status field in kB (0 when the process is gone)."""
     try:
@@ -164,6 +189,17 @@ def listening_sockets(port: int) -> int:
     return n
 
 
+class BareProxy:
+    """bench/bare_proxy.py: the bare aiohttp reverse proxy (the open path's floor), `workers` processes."""
+
+    def __init__(self, stack: ExitStack, workers: int, upstream: str) -> None:
+        self.port = free_port()
+        self.child = Child([sys.executable, str(BENCH / "bare_proxy.py"), "--port", str(self.port),
+                            "--upstream", upstream, "--workers", str(workers)], ready=r"listening on")
+        stack.callback(lambda: stop_tree(self.child, timeout=10))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+
 class Nginx:
     """nginx from a template in bench/nginx/, in its own prefix dir, `daemon off`, stopped by PID."""
 
@@ -195,8 +231,9 @@ class GatewayChild(Child):
     5 ms between attempts on the child itself (returns at once if it exits)."""
 
     def __init__(self, cmd: list[str], admin_port: int, port: int, workers: int, env: dict[str, str] | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, log_file: Path | None = None) -> None:
         self.admin_port, self.public_port, self.workers = admin_port, port, workers
+        self.log_file = log_file
         self.t0 = time.perf_counter()
         self.startup: dict[str, float] = {}
         super().__init__(cmd, env=env, port=admin_port, timeout=timeout)
@@ -219,25 +256,30 @@ class GatewayChild(Child):
                 self.startup["ready_s"] = max(self.startup.values())
                 return None
             if time.monotonic() > deadline:
-                raise TimeoutError(f"gateway not ready in {timeout}s ({self.startup}):\n" + "\n".join(self.lines[-30:]))
+                raise TimeoutError(f"gateway not ready in {timeout}s ({self.startup}):\n" + "\n".join(self.tail(30)))
             try:
                 self.proc.wait(timeout=0.005)
             except subprocess.TimeoutExpired:
                 continue
-            raise RuntimeError(f"gateway exited ({self.proc.returncode}) before ready:\n" + "\n".join(self.lines[-30:]))
+            raise RuntimeError(f"gateway exited ({self.proc.returncode}) before ready:\n" + "\n".join(self.tail(30)))
+
+    def tail(self, lines: int = 20) -> list[str]:
+        """The last output lines (from the log file when the output goes there)."""
+        return file_tail(self.log_file, lines) if self.log_file is not None else self.lines[-lines:]
 
 
 def gateway_config(*, workers: int, rpc_url: str, plan: str, upstream: str, key_file: Path, ledger: Path,
                    plan_cache: dict | None = None, open_endpoints: list | None = None,
-                   protected_endpoints: list | None = None, timeout: str = "60s", log_level: str = "warning") -> dict:
-    """The config dict of one benchmark gateway (one service, metering on, settle_every 1h)."""
+                   protected_endpoints: list | None = None, timeout: str = "60s", log_level: str | None = None) -> dict:
+    """The config dict of one benchmark gateway (one service, metering on, settle_every 1h).
+
+    `log_level` None: the config's default (`info`: one access-log line per request, as in production)."""
     data: dict[str, Any] = {
         "listen": f"127.0.0.1:{free_port()}",
         "admin_listen": f"127.0.0.1:{free_port()}",
         "workers": workers,
         "public_scheme": "http",
         "base_domain": "proxy.localhost",
-        "log": {"level": log_level},
         "chains": {"local": {"chain_id": 31337, "rpc_urls": [rpc_url], "timeout": "2s"}},
         "tokens": {"own": {"issuer": "http://gateway.proxy.localhost", "signing_key_file": str(key_file)}},
         "services": {SERVICE: {
@@ -254,6 +296,8 @@ def gateway_config(*, workers: int, rpc_url: str, plan: str, upstream: str, key_
     }
     if plan_cache:
         data["plan_cache"] = plan_cache
+    if log_level:
+        data["log"] = {"level": log_level}
     return data
 
 
@@ -268,8 +312,15 @@ class Gateway:
         self.port, self.admin_port = self.config.listen.port, self.config.admin_listen.port
         self.workers = self.config.workers
         self.ledger = Path(data["metering"]["ledger"][len("sqlite:///"):])
-        self.child = GatewayChild([sys.executable, "-m", "gateway", "serve", "--config", str(self.path)],
-                                  admin_port=self.admin_port, port=self.port, workers=self.workers)
+        # Why a file and not the pipe ChildProcess reads: at the default log level every request writes
+        # a line, and a Python thread in this process reading (and keeping) millions of lines would
+        # compete with what is measured for the 2 cores. A file is what a log collector's pipe costs the
+        # gateway at most; `output_tail` reads its end. `exec`: the pid is the gateway's own.
+        self.log_file = workdir / f"{name}.log"
+        cmd = ["sh", "-c", 'exec "$@" >>"$0" 2>&1', str(self.log_file),
+               sys.executable, "-m", "gateway", "serve", "--config", str(self.path)]
+        self.child = GatewayChild(cmd, admin_port=self.admin_port, port=self.port, workers=self.workers,
+                                  log_file=self.log_file)
         stack.callback(self.stop)
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
@@ -286,7 +337,7 @@ class Gateway:
 
     def metrics(self) -> dict[str, float]:
         """Counters from admin /metrics (worker 0 only: the admin listener lives there)."""
-        return admin_counters(self.admin, r"gateway_(plan_cache|requests_total|rpc)")
+        return admin_counters(self.admin, r"gateway_(plan_cache|plan_checks|plan_rpc|requests_total|rpc)")
 
     def settle(self) -> dict:
         req = urllib.request.Request(self.admin + "/settle", data=b"", method="POST")
@@ -300,8 +351,18 @@ class Gateway:
         return {"charges": charges, "charged_credits": credits, "open_reservations": reserved}
 
 
+def file_tail(path: Path, lines: int = 20) -> list[str]:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
+            return f.read().decode(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
 def output_tail(*gateways: Gateway) -> str:
-    return "\n".join(f"--- {g.name} (last 20 lines)\n" + "\n".join(g.child.lines[-20:]) for g in gateways)
+    return "\n".join(f"--- {g.name} (last 20 lines of {g.log_file})\n" + "\n".join(g.child.tail(20))
+                     for g in gateways)
 
 
 # --- chain -----------------------------------------------------------------------------------------
@@ -368,10 +429,13 @@ class Target:
     """One thing wrk hits: a URL, its headers or token script, and which gateway (if any) answers."""
 
     def __init__(self, name: str, label: str, url: str, headers: dict[str, str] | None = None,
-                 tokens_file: Path | None = None, gateway: Gateway | None = None, protected: bool = False) -> None:
+                 tokens_file: Path | None = None, gateway: Gateway | None = None, protected: bool = False,
+                 root_pid: int | None = None) -> None:
         self.name, self.label, self.url, self.headers = name, label, url, headers or {}
         self.tokens_file, self.gateway, self.protected = tokens_file, gateway, protected
         self.counted = 0  # requests wrk counted as answered (protected targets: each one is a charge)
+        # The process tree whose CPU time a run costs (the target's own, not its upstream's).
+        self.root_pid = root_pid if root_pid is not None else (gateway.child.proc.pid if gateway else None)
 
     def wrk(self, connections: int, seconds: float) -> dict[str, Any]:
         cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
@@ -381,9 +445,14 @@ class Target:
             cmd += ["-s", str(BENCH / "wrk" / "tokens.lua"), self.url, "--", str(self.tokens_file), HOST]
         else:
             cmd.append(self.url)
+        pids = [self.root_pid, *descendants(self.root_pid)] if self.root_pid is not None else []
+        cpu_before = cpu_seconds(pids)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        cpu = cpu_seconds(pids) - cpu_before
         result = parse_wrk(proc.stdout)
         result["connections"] = connections
+        # CPU per answered request: a figure the other jobs on a shared machine disturb far less than req/s.
+        result["cpu_us_per_request"] = 1e6 * cpu / result["requests"] if pids and result["requests"] else None
         if proc.returncode != 0 or not result["requests"]:
             raise BenchFailed(f"{self.name}: wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
                               + (f"\n{output_tail(self.gateway)}" if self.gateway else ""))
@@ -440,9 +509,11 @@ def median_round(runs: list[dict]) -> dict[str, Any]:
     ordered = sorted(runs, key=lambda r: r["rps"])
     mid = ordered[(len(ordered) - 1) // 2]
     rps = [r["rps"] for r in runs]
+    cpu = [r["cpu_us_per_request"] for r in runs if r.get("cpu_us_per_request") is not None]
     return {**mid, "rounds_rps": rps, "rps_min": min(rps), "rps_max": max(rps),
             "p50_ms_median": statistics.median(r["p50_ms"] for r in runs),
-            "p99_ms_median": statistics.median(r["p99_ms"] for r in runs)}
+            "p99_ms_median": statistics.median(r["p99_ms"] for r in runs),
+            "cpu_us_median": statistics.median(cpu) if cpu else None}
 
 
 def throughput(args: argparse.Namespace, log=print) -> dict[str, Any]:
@@ -464,7 +535,9 @@ def throughput(args: argparse.Namespace, log=print) -> dict[str, Any]:
         proxy = Nginx(stack, work, "proxy", WORKERS=args.workers, UPSTREAM_PORT=upstream.port)
         key_file = work / "signing-key.pem"
         generate_signing_key(key_file, "ES256")
-        common = dict(workers=args.workers, rpc_url=anvil.rpc_url, plan=plan, upstream=upstream.url, key_file=key_file)
+        bare = BareProxy(stack, args.workers, upstream.url)
+        common = dict(workers=args.workers, rpc_url=anvil.rpc_url, plan=plan, upstream=upstream.url, key_file=key_file,
+                      log_level=args.gateway_log_level)
         warm = Gateway(stack, work, "gateway", gateway_config(ledger=work / "ledger.db", **common))
         cold = Gateway(stack, work, "gateway-cold", gateway_config(
             ledger=work / "ledger-cold.db", plan_cache={"ttl": "1ms", "negative_ttl": "1ms"}, **common))
@@ -475,8 +548,12 @@ def throughput(args: argparse.Namespace, log=print) -> dict[str, Any]:
         tokens_file = token_files["warmup"]
         host = {"Host": HOST}
         targets = [
-            Target("upstream", "upstream direct (nginx, 1 worker)", upstream.url + OPEN_PATH),
-            Target("nginx_proxy", f"nginx plain proxy ({args.workers} workers)", proxy.url + OPEN_PATH),
+            Target("upstream", "upstream direct (nginx, 1 worker)", upstream.url + OPEN_PATH,
+                   root_pid=upstream.child.proc.pid),
+            Target("nginx_proxy", f"nginx plain proxy ({args.workers} workers)", proxy.url + OPEN_PATH,
+                   root_pid=proxy.child.proc.pid),
+            Target("aiohttp_proxy", f"bare aiohttp proxy ({args.workers} workers, uvloop)", bare.url + OPEN_PATH, host,
+                   root_pid=bare.child.proc.pid),
             Target("gateway_open", "gateway, open endpoint", warm.url + OPEN_PATH, host, gateway=warm),
             Target("gateway_protected", "gateway, protected (plan cached)", warm.url + PAID_PATH,
                    tokens_file=tokens_file, gateway=warm, protected=True),
@@ -499,7 +576,7 @@ def throughput(args: argparse.Namespace, log=print) -> dict[str, Any]:
         log(f"throughput: {args.rounds} rounds x {len(targets)} targets, wrk -t1 -c{args.connections} -d{args.duration:g}s")
         tp = rounds(targets, args.rounds, args.connections, args.duration, log,
                     token_files=[token_files[f"round{r}"] for r in range(args.rounds)])
-        c1_targets = [by_name["upstream"], by_name["gateway_open"], by_name["gateway_protected"]]
+        c1_targets = [by_name["upstream"], by_name["aiohttp_proxy"], by_name["gateway_open"], by_name["gateway_protected"]]
         log(f"latency: {args.rounds} rounds x {len(c1_targets)} targets, wrk -t1 -c1 -d{args.c1_duration:g}s")
         c1 = rounds(c1_targets, args.rounds, 1, args.c1_duration, log, token_files=[token_files["c1"]] * args.rounds)
         load_after = Path("/proc/loadavg").read_text().split()[:3]
@@ -520,30 +597,39 @@ def throughput(args: argparse.Namespace, log=print) -> dict[str, Any]:
         if bad:
             raise BenchFailed(f"ledger check failed (charges vs calls wrk counted): {bad}")
         startup = {g.name: g.startup for g in (warm, cold)}
+        log_bytes = {g.name: g.log_file.stat().st_size if g.log_file.exists() else 0 for g in (warm, cold)}
 
     summary = {name: median_round(runs) for name, runs in tp.items()}
     base_proxy, base_open = summary["nginx_proxy"]["rps"], summary["gateway_open"]["rps"]
+    base_bare = summary["aiohttp_proxy"]["rps"]
     for s in summary.values():
         s["vs_nginx_proxy"] = s["rps"] / base_proxy
+        s["vs_aiohttp_proxy"] = s["rps"] / base_bare
         s["vs_gateway_open"] = s["rps"] / base_open
     c1_summary = {name: median_round(runs) for name, runs in c1.items()}
     up = statistics.median(r["p50_ms"] for r in c1["upstream"])
-    added = {name: statistics.median(r["p50_ms"] for r in c1[name]) - up for name in ("gateway_open", "gateway_protected")}
+    added = {name: statistics.median(r["p50_ms"] for r in c1[name]) - up
+             for name in ("aiohttp_proxy", "gateway_open", "gateway_protected")}
     # the added median per round (same round, back to back), for the spread
     per_round = [c1["gateway_protected"][r]["p50_ms"] - c1["upstream"][r]["p50_ms"] for r in range(args.rounds)]
     plan_cache = {}
     for g in ("gateway", "gateway-cold"):
         diff = {}
         for k, v in metrics_after[g].items():
-            if k.startswith("gateway_plan_cache"):
-                outcome = re.search(r'outcome="(\w+)"', k)
-                diff[outcome.group(1) if outcome else k] = v - metrics_before[g].get(k, 0.0)
+            # gateway_plan_checks_total{result=...} and gateway_plan_rpc_calls_total (the older
+            # gateway_plan_cache_total{outcome=...} of earlier versions is read too)
+            if k.startswith(("gateway_plan_cache", "gateway_plan_checks_total", "gateway_plan_rpc_calls_total")):
+                outcome = re.search(r'(?:outcome|result)="(\w+)"', k)
+                name = outcome.group(1) if outcome else ("rpc_calls" if "rpc_calls" in k else k)
+                diff[name] = diff.get(name, 0.0) + v - metrics_before[g].get(k, 0.0)
         plan_cache[g] = diff
     return {
         "targets": {t.name: t.label for t in targets}, "throughput_runs": tp, "throughput": summary,
         "c1_runs": c1, "c1": c1_summary, "c1_added_median_ms": added, "c1_added_per_round_ms": per_round,
         "plan_cache_worker0": plan_cache, "ledgers": ledgers, "gateway_memory_after": memory,
         "gateway_startup": startup, "loadavg": {"before": load_before, "after": load_after}, "setup_s": setup_s,
+        "gateway_log_level": args.gateway_log_level or "info (the config default)",
+        "gateway_log_bytes": log_bytes,
     }
 
 
@@ -601,13 +687,15 @@ def throughput_md(r: dict, args: argparse.Namespace) -> list[str]:
         f"Throughput, `wrk -t1 -c{args.connections} -d{args.duration:g}s --latency`, {args.rounds} rounds alternating "
         f"the targets (median round; all rounds in the last column):",
         "",
-        "| target | req/s | p50 ms | p99 ms | / nginx proxy | / gateway open | req/s of each round |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| target | req/s | p50 ms | p99 ms | / nginx proxy | / aiohttp proxy | / gateway open | CPU µs / request "
+        "(median round) | req/s of each round |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, label in r["targets"].items():
         s = tp[name]
+        cpu = "" if s.get("cpu_us_median") is None else f"{s['cpu_us_median']:.0f}"
         lines.append(f"| {label} | {fmt_int(s['rps'])} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | "
-                     f"{s['vs_nginx_proxy']:.2f}x | {s['vs_gateway_open']:.2f}x | "
+                     f"{s['vs_nginx_proxy']:.2f}x | {s['vs_aiohttp_proxy']:.2f}x | {s['vs_gateway_open']:.2f}x | {cpu} | "
                      f"{', '.join(fmt_int(x) for x in s['rounds_rps'])} |")
     c1 = r["c1"]
     lines += [
@@ -618,7 +706,7 @@ def throughput_md(r: dict, args: argparse.Namespace) -> list[str]:
         "| target | p50 ms | p99 ms | added p50 over upstream direct | req/s |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name in ("upstream", "gateway_open", "gateway_protected"):
+    for name in ("upstream", "aiohttp_proxy", "gateway_open", "gateway_protected"):
         s = c1[name]
         added = r["c1_added_median_ms"].get(name)
         lines.append(f"| {r['targets'][name]} | {s['p50_ms_median']:.3f} | {s['p99_ms_median']:.3f} | "
@@ -632,7 +720,9 @@ def throughput_md(r: dict, args: argparse.Namespace) -> list[str]:
         + ". Ledgers after the run: "
         + "; ".join(f"{g}: {v['charges']:,} charges for {v['wrk_counted']:,} protected calls counted by wrk, "
                     f"{v['open_reservations']} open reservations" for g, v in led.items())
-        + f". Load average {' '.join(r['loadavg']['before'])} before the rounds, {' '.join(r['loadavg']['after'])} after.",
+        + f". Load average {' '.join(r['loadavg']['before'])} before the rounds, {' '.join(r['loadavg']['after'])} after."
+        + f" Gateway log level: {r['gateway_log_level']}; log written (to a file): "
+        + ", ".join(f"{g} {v / 1e6:,.0f} MB" for g, v in r["gateway_log_bytes"].items()) + ".",
     ]
     return lines
 
@@ -645,7 +735,18 @@ def targets_md(r: dict, scale: dict | None) -> list[str]:
     def row(what: str, goal: str, figure: str, met: bool | None) -> None:
         rows.append(f"| {what} | {goal} | {figure} | {'n/a' if met is None else ('met' if met else '**not met**')} |")
 
-    row("protected-call throughput / gateway open path", ">= 0.9x",
+    bare = tp["aiohttp_proxy"]
+    row("issue 16: gateway open path / bare aiohttp proxy (same workers, uvloop)", ">= 0.9x",
+        f"{tp['gateway_open']['vs_aiohttp_proxy']:.2f}x ({fmt_int(tp['gateway_open']['rps'])} / {fmt_int(bare['rps'])} req/s)",
+        tp["gateway_open"]["vs_aiohttp_proxy"] >= 0.9)
+    p99_ratio = prot["p99_ms"] / tp["gateway_open"]["p99_ms"]
+    if tp["gateway_open"].get("cpu_us_median") and bare.get("cpu_us_median"):
+        ratio = bare["cpu_us_median"] / tp["gateway_open"]["cpu_us_median"]
+        row("(for reference) the same as CPU per request: bare aiohttp proxy / gateway open path", "(reported)",
+            f"{ratio:.2f}x ({bare['cpu_us_median']:.0f} / {tp['gateway_open']['cpu_us_median']:.0f} µs)", None)
+    row("issue 16: p99 at c=64, protected / open", "<= 2x",
+        f"{p99_ratio:.2f}x ({prot['p99_ms']:.2f} / {tp['gateway_open']['p99_ms']:.2f} ms)", p99_ratio <= 2.0)
+    row("protected-call throughput / gateway open path (issues 7 and 16)", ">= 0.9x",
         f"{prot['vs_gateway_open']:.2f}x ({fmt_int(prot['rps'])} / {fmt_int(tp['gateway_open']['rps'])} req/s)",
         prot["vs_gateway_open"] >= 0.9)
     row("protected-call throughput / nginx plain proxy (same workers)", ">= 0.3x",
@@ -655,12 +756,15 @@ def targets_md(r: dict, scale: dict | None) -> list[str]:
     spread = r["c1_added_per_round_ms"]
     row("added median latency, protected call vs upstream direct, concurrency 1", "<= 1 ms",
         f"+{added:.3f} ms (rounds {', '.join(f'{x:+.3f}' for x in spread)})", added <= 1.0)
+    row("issue 16: the same added median", "<= 0.5 ms", f"+{added:.3f} ms", added <= 0.5)
+    row("(for reference) added median at c=1, open path / bare aiohttp proxy", "(reported)",
+        f"+{r['c1_added_median_ms']['gateway_open']:.3f} / +{r['c1_added_median_ms']['aiohttp_proxy']:.3f} ms", None)
     if scale:
         for line in scale.get("target_rows", []):
             rows.append(line)
     else:
         rows.append("| eth_calls, SSE memory, start-up | see bench/scale.py | not run (`--no-scale`) | n/a |")
-    return ["| issue-7 target | goal | measured | |", "|---|---|---|---|", *rows]
+    return ["| target | goal | measured | |", "|---|---|---|---|", *rows]
 
 
 def write_results(section: str, path: Path = RESULTS_MD) -> None:
@@ -685,6 +789,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="gateway workers, and nginx proxy worker_processes (default: the machine's cores)")
     p.add_argument("--subscribers", type=int, default=64, help="subscribers the protected targets rotate over")
+    p.add_argument("--gateway-log-level", default=None,
+                   help="the gateways' log level (default: the config's default, info: one access-log line per "
+                        "request, as in production; `warning` turns the access log off)")
     p.add_argument("--quick", action="store_true", help="smoke run: short wrk runs, small scale checks")
     p.add_argument("--no-scale", action="store_true", help="skip bench/scale.py's checks")
     p.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md (JSON still written)")

@@ -12,6 +12,7 @@ fakes in the pipeline tests.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import structlog
@@ -19,22 +20,30 @@ from aiohttp import web
 
 from gateway.auth.issuer import OwnIssuer
 from gateway.auth.revocation import RevocationList
-from gateway.auth.signin import NonceBook, SignIn, open_auth
+from gateway.auth.signin import NonceBook, SignIn
+from gateway.auth.state import AuthState, auth_state
 from gateway.auth.tokens import TokenVerifier
 from gateway.config.model import GatewayConfig
 from gateway.credits.meter import Meter
 from gateway.credits.plans import PlanChecker
 from gateway.credits.settlement import Settler
-from gateway.credits.shared_balances import SharedBalances
+from gateway.credits.shared_balances import shared_balances
 from gateway.http.headers import set_server_header
 from gateway.http.own_endpoints import GatewayEndpoints
+from gateway.oauth.metadata_documents import MetadataDocuments
+from gateway.oauth.server import OAuthServer
+from gateway.oauth.store import oauth_store
 from gateway.http.pipeline import Pipeline
 from gateway.http.routing import ServiceRouter
 from gateway.http.upstream import Upstream
 from gateway.ledger import Ledger
-from gateway.ledger.database import SqliteDatabase
+from gateway.ledger.backends import Database, is_shared
+from gateway.ledger.settler_lease import settler_lease
 from gateway.ops.observability import Metrics
 from gateway.runtime import RUNTIME, Assembly, Parts, Resources, Runtime
+from gateway.x402.facilitators import facilitators
+from gateway.x402.payments import X402Payments
+from gateway.x402.store import x402_store
 
 __all__ = ["RUNTIME", "Parts", "Runtime", "assemble", "build_app", "prepare_database", "public_runner", "reload"]
 
@@ -62,6 +71,7 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
 
     async def stop(app: web.Application) -> None:
         await _stop_settler(runtime, final=True)
+        await _stop_x402(runtime, close=True)
         if runtime.resources is not None:  # None when start-up failed before opening them
             await runtime.resources.close()
 
@@ -76,25 +86,32 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
     return app
 
 
-async def _open_database(config: GatewayConfig,
-                         parts: Parts) -> tuple[SqliteDatabase, Ledger, bytes, SharedBalances]:
+async def _open_state(config: GatewayConfig, parts: Parts) -> tuple[Database, Ledger, AuthState, bytes, Any]:
     """The ledger database with every component's schema migrated, and what lives in it:
-    (db, ledger, nonce secret, shared balances)."""
+    (db, ledger, auth state, nonce secret, shared balances)."""
     db = parts.database(config)
     ledger = parts.ledger(db, parts.clock)
     await ledger.open()
-    nonce_secret = await open_auth(db)  # sign-in and revocation tables
+    auth = auth_state(db)
+    nonce_secret = await auth.open()  # sign-in and revocation tables
     lease = max((c.timeout * len(c.rpc_urls) for c in config.chains.values()), default=0.0) + 1.0
-    shared_balances = SharedBalances(db, lease, clock=parts.clock)
-    await shared_balances.open()
-    return db, ledger, nonce_secret, shared_balances
+    balances = shared_balances(db, lease, clock=parts.clock)
+    await balances.open()
+    if any(service.x402 for service in config.services.values()):  # x402 payments' table
+        await x402_store(db, parts.clock).open()
+    if config.tokens.own and config.oauth.enabled:  # the OAuth server's clients, codes, refresh tokens
+        await oauth_store(db).open()
+    return db, ledger, auth, nonce_secret, balances
 
 
 async def _open_resources(config: GatewayConfig, parts: Parts) -> Resources:
-    db, ledger, nonce_secret, shared_balances = await _open_database(config, parts)
-    if config.workers <= 1:  # shared balances: one chain read per new subscriber for all workers
-        shared_balances = None
-    return Resources(db, ledger, nonce_secret, shared_balances, session=parts.upstream_session(config),
+    db, ledger, auth, nonce_secret, balances = await _open_state(config, parts)
+    # Shared balances: one chain read per new subscriber for all workers (of every replica on a
+    # shared ledger); with one worker on one machine there is nobody to share it with.
+    if config.workers <= 1 and not is_shared(config.metering.ledger):
+        balances = None
+    return Resources(db, ledger, auth, nonce_secret, balances, settler_lease(db),
+                     session=parts.upstream_session(config),
                      rpc_session=aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)))
 
 
@@ -106,7 +123,8 @@ def prepare_database(config: GatewayConfig, parts: Parts | None = None) -> None:
     gateway before it listens)."""
 
     async def prepare() -> None:
-        await (await _open_database(config, parts or Parts()))[0].close()
+        db, *_ = await _open_state(config, parts or Parts())
+        await db.close()
 
     asyncio.run(prepare())
 
@@ -122,36 +140,49 @@ def assemble(config: GatewayConfig, runtime: Runtime) -> Assembly:
                         shared=res.shared_balances, on_event=metrics.count_plan)
     chain_ids = {name: chain.chain_id for name, chain in config.chains.items()}
     own = OwnIssuer(config.tokens.own, clock=parts.clock) if config.tokens.own else None
-    revocations = RevocationList(res.db, config.tokens.revocation_refresh, clock=parts.monotonic)
+    revocations = RevocationList(res.auth, config.tokens.revocation_refresh, clock=parts.monotonic)
     signin = None
     if own is not None:  # sign-in issues the own issuer's tokens: no own issuer, no sign-in
-        nonces = NonceBook(res.db, res.nonce_secret, config.tokens.nonce_ttl, clock=parts.clock)
+        nonces = NonceBook(res.auth, res.nonce_secret, config.tokens.nonce_ttl, clock=parts.clock)
         signin = SignIn(config, own, nonces, plans, readers, clock=parts.clock)
     tokens = TokenVerifier(config.tokens, http=res.rpc_session, clock=parts.clock, revocations=revocations)
     meter = Meter(res.ledger, plans, chain_ids, metrics, hold_margin=config.metering.hold_margin)
+    endpoints = GatewayEndpoints(config, own, signin, tokens, meter)
+    if own is not None and signin is not None and config.oauth.enabled:  # OAuth tokens are the own issuer's
+        documents = MetadataDocuments(config.oauth.metadata_private_addresses) \
+            if config.oauth.client_metadata_documents else None
+        endpoints.oauth = OAuthServer(config, own, signin, oauth_store(res.db), revocations, endpoints.plan,
+                                      documents, clock=parts.clock)
+    payments = None
+    if any(service.x402 for service in config.services.values()):  # some calls may be paid per call
+        payments = X402Payments(config, x402_store(res.db, parts.clock), facilitators(config), clock=parts.clock,
+                                every=config.metering.settle_every)
     pipeline = Pipeline(
         config,
         ServiceRouter(config.services.values(), config.base_domain),
         tokens,
         meter,
         Upstream(res.session, metrics),
-        GatewayEndpoints(config, own, signin, tokens, meter),
+        endpoints,
         metrics,
+        x402=payments,
     )
     settler = None
     if config.metering.operator_key:
         rpcs = {config.chains[name].chain_id: reader for name, reader in readers.items()}
         settler = Settler(res.ledger, rpcs, config.metering.operator_key, config.metering.settle_every, metrics,
-                          clock=parts.monotonic)
+                          clock=parts.monotonic, lease=res.lease)
     else:
         log.warning("no_operator_key", detail="metering.operator_key is not set: charges are recorded, never burned")
-    return Assembly(config, readers, plans, pipeline, settler)
+    return Assembly(config, readers, plans, pipeline, settler, x402=payments)
 
 
 def _install(runtime: Runtime, assembly: Assembly) -> None:
     runtime.assembly, runtime.config = assembly, assembly.config
     if assembly.settler is not None and runtime.settle:
         runtime.settle_task = asyncio.create_task(assembly.settler.run())
+    if assembly.x402 is not None and runtime.settle:  # the settling process also reconciles x402 payments
+        assembly.x402.start()
 
 
 async def reload(app: web.Application, config: GatewayConfig) -> None:
@@ -165,6 +196,7 @@ async def reload(app: web.Application, config: GatewayConfig) -> None:
         log.warning("reload_needs_restart", key="metering.ledger", detail="the ledger path changes on restart")
     assembly = assemble(config, runtime)
     await _stop_settler(runtime, final=False)
+    await _stop_x402(runtime, close=False)  # calls in flight still settle through its facilitators
     _install(runtime, assembly)
     log.info("reloaded", services=sorted(config.services))
 
@@ -181,6 +213,11 @@ async def _stop_settler(runtime: Runtime, final: bool) -> None:
                 await asyncio.wait_for(settler.settle_once(), timeout=FINAL_SETTLEMENT_TIMEOUT)
             except Exception:  # noqa: BLE001 - what is left stays pending and is settled on the next start
                 log.exception("final_settlement_failed")
+
+
+async def _stop_x402(runtime: Runtime, close: bool) -> None:
+    if runtime.assembly is not None and runtime.assembly.x402 is not None:
+        await runtime.assembly.x402.stop(close=close)
 
 
 def public_runner(app: web.Application, shutdown_timeout: float = 60.0,

@@ -221,7 +221,7 @@ def _ledger_command(args) -> int:
         metering = _load(args.config, load_metering)
         if metering is None:
             return 1
-        print(usage_report(metering.ledger, args.service, subscriber))
+        print(usage_report(metering, args.service, subscriber))
         return 0
     config = _load(args.config)
     if config is None:

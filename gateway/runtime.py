@@ -16,34 +16,33 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
 
+from gateway.auth.state import AuthState
 from gateway.chain.reader import ChainReader, rpc_readers
 from gateway.config.model import GatewayConfig
 from gateway.credits.plans import PlanChecker
 from gateway.credits.settlement import Settler
-from gateway.credits.shared_balances import SharedBalances
 from gateway.http.pipeline import Pipeline
 from gateway.http.upstream import create_session
 from gateway.ledger import Ledger
-from gateway.ledger.database import SqliteDatabase, sqlite_path
-from gateway.ledger.sqlite import SqliteLedger
+from gateway.ledger.backends import Database, ledger_on, open_database
+from gateway.ledger.settler_lease import SettlerLease
 from gateway.ops.observability import Metrics
+from gateway.x402.payments import X402Payments
 
 Clock = Callable[[], float]
 
 
-def ledger_database(config: GatewayConfig) -> SqliteDatabase:
-    """The real ledger database: the file `metering.ledger` names."""
-    return SqliteDatabase(sqlite_path(config.metering.ledger))
-
-
-def sqlite_ledger(db: SqliteDatabase, clock: Clock) -> Ledger:
-    """The real ledger: the embedded SQLite one, in the ledger database."""
-    return SqliteLedger(db, clock=clock)
+def ledger_database(config: GatewayConfig) -> Database:
+    """The real ledger database: the SQLite file or the PostgreSQL database `metering.ledger` names."""
+    # PostgreSQL: up to 10 pooled connections per worker (plus one LISTEN connection, and the
+    # settler's lease in slot 0): a few calls in flight per connection at one round trip each.
+    # Size the server's max_connections for replicas x workers x 12.
+    return open_database(config.metering.ledger, config.metering.ledger_password, pool_size=10)
 
 
 def pooled_session(config: GatewayConfig) -> aiohttp.ClientSession:
@@ -60,8 +59,8 @@ class Parts:
     (caches, refresh periods, settlement backoff)."""
 
     readers: Callable[[GatewayConfig, aiohttp.ClientSession], Mapping[str, ChainReader]] = rpc_readers
-    database: Callable[[GatewayConfig], SqliteDatabase] = ledger_database
-    ledger: Callable[[SqliteDatabase, Clock], Ledger] = sqlite_ledger
+    database: Callable[[GatewayConfig], Database] = ledger_database
+    ledger: Callable[[Database, Clock], Ledger] = ledger_on
     upstream_session: Callable[[GatewayConfig], aiohttp.ClientSession] = pooled_session
     clock: Clock = time.time
     monotonic: Clock = time.monotonic
@@ -71,16 +70,20 @@ class Parts:
 class Resources:
     """Opened on start-up, closed on shutdown; a reload keeps them."""
 
-    db: SqliteDatabase  # the ledger's tables, the sign-in state, the shared balances
+    db: Database  # the ledger's tables, the sign-in state, the shared balances
     ledger: Ledger
+    auth: AuthState  # spent sign-in nonces, revocations
     nonce_secret: bytes  # signs sign-in nonces
-    shared_balances: SharedBalances | None  # None with one worker: nobody to share a balance read with
+    shared_balances: Any  # SharedBalances or PostgresSharedBalances; None when nobody shares a read
+    lease: SettlerLease  # whether this process is the one settler of the ledger
     session: aiohttp.ClientSession  # upstream calls (pooled, keep-alive)
     rpc_session: aiohttp.ClientSession  # chain RPC and JWKS fetches
 
     async def close(self) -> None:
         await self.session.close()
         await self.rpc_session.close()
+        await self.lease.release()
+        await self.auth.close()
         await self.ledger.close()
         await self.db.close()
 
@@ -94,6 +97,7 @@ class Assembly:
     plans: PlanChecker
     pipeline: Pipeline
     settler: Settler | None  # None without metering.operator_key: charges are recorded, never burned
+    x402: X402Payments | None = None  # None: no service is sold per call
 
 
 @dataclass
@@ -120,7 +124,7 @@ class Runtime:
         return self.assembly
 
     @property
-    def db(self) -> SqliteDatabase:
+    def db(self) -> Database:
         return self.started().db
 
     @property

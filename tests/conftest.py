@@ -53,11 +53,11 @@ def mcp_upstream() -> Plugin:
 
 @pytest.fixture(scope="session")
 def httpbin_url():
-    """httpbin (PyPI), a well-known third-party upstream, served by werkzeug in its own process."""
+    """The httpbin endpoints the tests use, answered as httpbin does, in their own process
+    (tests/support/httpbin_subset.py says why not PyPI's httpbin: it pins greenlet<3)."""
     port = free_port()
-    code = ("import sys; from httpbin import app; from werkzeug.serving import run_simple; "
-            "print('httpbin ready', flush=True); run_simple('127.0.0.1', int(sys.argv[1]), app, threaded=True)")
-    child = ChildProcess([sys.executable, "-c", code, str(port)], ready=r"Running on http://127\.0\.0\.1")
+    child = ChildProcess([sys.executable, "-m", "tests.support.httpbin_subset", str(port)],
+                         ready=r"httpbin subset ready on http://127\.0\.0\.1")
     yield f"http://127.0.0.1:{port}"
     child.stop()
 

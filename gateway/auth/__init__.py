@@ -1,5 +1,5 @@
 """Who calls: JWT verification (`tokens`, `jwks`), the gateway's own issuer (`issuer`), revocations
-(`revocation`), and Sign-In with Ethereum (`siwe` parser, `signin` checks, `signin_address`,
+(`revocation`), their durable state on either database (`state`, `state_postgres`), and Sign-In with Ethereum (`siwe` parser, `signin` checks, `signin_address`,
 `signin_rate`).
 
 May import: config, chain (EIP-1271), ledger (nonces, revocations), credits.plans (the balance a

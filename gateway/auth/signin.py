@@ -24,7 +24,6 @@ import asyncio
 import hashlib
 import hmac
 import os
-import secrets
 import time
 from typing import Any, Callable, Mapping
 
@@ -38,11 +37,10 @@ from gateway.http import client_json
 from gateway.chain.reader import ChainReader
 from gateway.chain.rpc import ChainUnavailable, RpcError
 from gateway.config.model import GatewayConfig, ServiceConfig
-from gateway.ledger.database import SqliteDatabase
 from gateway.auth.issuer import OwnIssuer
 from gateway.credits.plans import PlanChecker, PlanUnreadable
 from gateway.http.problems import Problem
-from gateway.auth.revocation import migrate_auth
+from gateway.auth.state import AuthState
 from gateway.auth.signin_address import Origin, PublicAddress
 from gateway.auth.signin_rate import SigninRateLimit
 from gateway.auth.siwe import SiweError, parse, timestamp
@@ -51,23 +49,11 @@ ERC1271_IS_VALID_SIGNATURE = bytes.fromhex("1626ba7e")  # isValidSignature(bytes
 _NONCE_BYTES, _MAC_BYTES = 20, 16  # 8-byte expiry + 12 random; truncated HMAC-SHA256
 
 
-async def open_auth(db: SqliteDatabase) -> bytes:
-    """Create the auth schema if needed; the nonce secret (made by the first process to ask)."""
-    await migrate_auth(db)
-
-    def secret(conn: Any) -> bytes:
-        conn.execute("INSERT OR IGNORE INTO auth_secrets (name, value) VALUES ('nonce_hmac', ?)",
-                     (secrets.token_bytes(32),))
-        return bytes(conn.execute("SELECT value FROM auth_secrets WHERE name = 'nonce_hmac'").fetchone()[0])
-
-    return await db.transaction(secret)
-
-
 class NonceBook:
-    """Unforgeable, expiring, single-use sign-in nonces (`secret` from `open_auth`)."""
+    """Unforgeable, expiring, single-use sign-in nonces (`secret` from `AuthState.open`)."""
 
-    def __init__(self, db: SqliteDatabase, secret: bytes, ttl: float, clock: Callable[[], float] = time.time) -> None:
-        self._db, self._secret, self.ttl, self.clock = db, secret, ttl, clock
+    def __init__(self, state: AuthState, secret: bytes, ttl: float, clock: Callable[[], float] = time.time) -> None:
+        self._state, self._secret, self.ttl, self.clock = state, secret, ttl, clock
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._secret, b"siwe-nonce:" + body, hashlib.sha256).digest()[:_MAC_BYTES]
@@ -97,16 +83,7 @@ class NonceBook:
 
     async def spend(self, nonce: str, expires_at: float, subscriber: str, now: float) -> None:
         """Record the nonce as used, atomically; Problem 401 `nonce_reused` if it already was."""
-
-        def spend(conn: Any) -> bool:
-            # Why prune here: spent nonces past their expiry are refused by `check` anyway.
-            conn.execute("DELETE FROM auth_used_nonces WHERE expires_at < ?", (now,))
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO auth_used_nonces (nonce, expires_at, used_at, subscriber) VALUES (?, ?, ?, ?)",
-                (nonce, expires_at, now, subscriber))
-            return cursor.rowcount == 1
-
-        if not await self._db.transaction(spend):
+        if not await self._state.spend_nonce(nonce, expires_at, subscriber, now):
             # Why: a nonce buys one token; a replayed message + signature gets nothing.
             raise Problem(401, "nonce_reused", "this nonce was already used; get a new one and sign again")
 
@@ -136,6 +113,20 @@ class SignIn:
         self.rate.check(request)
 
     async def login(self, service: ServiceConfig, origin: Origin, text: str, signature: str) -> dict[str, Any]:
+        address, lifetime = await self.prove(service, origin, text, signature)
+        token = self.issuer.issue(address, [service.id, self.config.public_url(service)], ttl=lifetime)
+        try:
+            balance: int | None = await self.plans.balance(service.plan, address)
+        except PlanUnreadable:
+            balance = None  # Why: the token is valid without it; the chain answers the first protected call.
+        return {"access_token": token, "token_type": "Bearer", "expires_in": int(lifetime),
+                "subscriber": address, "balance": balance}
+
+    async def prove(self, service: ServiceConfig, origin: Origin, text: str, signature: str,
+                    bound: Callable[[Any], None] | None = None) -> tuple[str, float]:
+        """Every check of a sign-in, then spend its nonce: (checksummed address, lifetime in seconds).
+        `bound(message)` may refuse a message not made for the caller's purpose (an OAuth request),
+        before the nonce is looked at: a refused message spends nothing."""
         plan = service.plan
         if plan is None:  # Why: a token of a service that sells nothing would open nothing.
             raise Problem(404, "endpoint_not_exposed", f"{service.id} has no plan: there is nothing to sign in for")
@@ -151,19 +142,15 @@ class SignIn:
             # Why: the plan (and any EIP-1271 wallet) lives on this chain; a signature for another is not ours.
             raise Problem(401, "chain_mismatch", f"the message is for chain {message.chain_id}; "
                           f"this service's plan is on chain {chain_id}")
+        if bound is not None:
+            bound(message)
         now = self._clock()
         lifetime = self._lifetime(message, now)
         expires_at = self.nonces.check(message.nonce, now)
         address = to_checksum_address(message.address)
         await self._check_signature(text, signature, address, plan.chain)
         await self.nonces.spend(message.nonce, expires_at, address, now)
-        token = self.issuer.issue(address, [service.id, self.config.public_url(service)], ttl=lifetime)
-        try:
-            balance: int | None = await self.plans.balance(plan, address)
-        except PlanUnreadable:
-            balance = None  # Why: the token is valid without it; the chain answers the first protected call.
-        return {"access_token": token, "token_type": "Bearer", "expires_in": int(lifetime),
-                "subscriber": address, "balance": balance}
+        return address, lifetime
 
     def _lifetime(self, message: Any, now: float) -> float:
         """Refuse a message outside its time window; the token's lifetime (seconds) otherwise."""

@@ -220,6 +220,8 @@ class TokenVerifier:
             # Why 401: an audience we cannot read is a malformed token, not a token for someone else.
             raise _invalid(service, "aud must be a string or a non-empty list of strings")
         accepted = {service.id, public_url.rstrip("/")}
+        if service.mcp is not None:  # Why: an RFC 8707 token for the MCP endpoint names that URL
+            accepted.add(public_url.rstrip("/") + service.mcp.path)
         if not any(a.rstrip("/") in accepted for a in audiences):
             # Why 403, not 401: the token is genuine, it is just for another service.
             raise WrongAudience(service.id, f"token is not for service {service.id}")

@@ -34,7 +34,9 @@ from gateway.config.model import (
 )
 from gateway.config.nodes import ConfigError, Node
 from gateway.config.secret_files import inline_or_file, keystore_key
+from gateway.config.oauth import parse_oauth
 from gateway.config.services import parse_services
+from gateway.config.x402 import check_x402_settlement
 
 __all__ = ["ConfigError", "load_config", "load_metering", "parse_config"]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -102,11 +104,13 @@ def parse_config(
     services = parse_services(root.child("services", required=True), chains, config_kwargs["max_body"], problems,
                               base_dir)
     metering = _metering(root.child("metering"), base_dir)
+    config_kwargs["oauth"] = parse_oauth(root.child("oauth"), base_dir, tokens.own is not None)
     root.done()
     # Rules across sections, which `serve` would otherwise meet only at start-up.
     checks.check_hosts(services, config_kwargs["base_domain"], problems)
     checks.check_issuers_for_protected(services, tokens, problems)
     checks.check_listeners(listen, config_kwargs["admin_listen"], problems)
+    check_x402_settlement(services, metering.operator_key, problems)
     if problems:
         raise ConfigError(problems)
     return GatewayConfig(
@@ -266,6 +270,7 @@ def _metering(m: Node | None, base_dir: Path) -> MeteringConfig:
         return MeteringConfig(ledger=v.ledger_url(MeteringConfig.ledger, base_dir))
     metering = MeteringConfig(
         ledger=m.get("ledger", lambda raw: v.ledger_url(raw, base_dir), v.ledger_url(MeteringConfig.ledger, base_dir)),
+        ledger_password=inline_or_file(m, "ledger_password", v.non_empty, base_dir, None),
         operator_key=_operator_key(m, base_dir),
         settle_every=m.get("settle_every", v.duration, 30.0),
         hold_margin=m.get("hold_margin", v.duration, MeteringConfig.hold_margin),

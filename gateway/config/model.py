@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal, Mapping
@@ -107,6 +108,7 @@ class EndpointRule:
     methods: frozenset[str] | None        # None: any method
     pattern: re.Pattern[str]              # matched with fullmatch on the normalized path
     price: Price | None = None            # None: the plan's default price
+    x402: Decimal | None = None           # per-call x402 price in tokens (None: the service's x402 price)
 
     def matches(self, method: str, path: str) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -122,6 +124,29 @@ class PlanConfig:
     token_id: int | None                  # erc1155 only
     credits: int                          # default price of a protected call
     checkout_url: str | None = None
+
+
+@dataclass(frozen=True)
+class X402Config:
+    """Per-call payments with x402's `exact` scheme (EIP-3009 `transferWithAuthorization`), a price
+    in an ERC-20 token, paid to `pay_to`: settled by the gateway itself with the operator key
+    (on the chain named `chain`), or by a remote facilitator when `facilitator_url` is set."""
+
+    network: str                          # CAIP-2: eip155:<chain id>
+    chain_id: int
+    chain: str | None                     # the name under `chains` with that id (self-facilitated RPC)
+    asset: str                            # checksummed token contract
+    pay_to: str                           # checksummed
+    price: Decimal | None                 # per call, in tokens (e.g. 0.01); None: only rules' own prices
+    decimals: int = 6
+    name: str = "USD Coin"                # the token's EIP-712 domain name and version
+    version: str = "2"
+    max_timeout: int | None = None        # seconds a payment must stay valid (None: the call's timeout + 30 s)
+    facilitator_url: str | None = None    # None: self-facilitated
+
+    def atomic(self, price: Decimal) -> int:
+        """A price in tokens as the token's smallest units."""
+        return int(price.scaleb(self.decimals))
 
 
 @dataclass(frozen=True)
@@ -161,6 +186,7 @@ class ServiceConfig:
     max_body: int = DEFAULT_MAX_BODY
     mcp: McpConfig | None = None          # an MCP server (Streamable HTTP) priced per tool
     cors: CorsConfig | None = None        # browsers on these origins may call the service
+    x402: X402Config | None = None        # protected calls may also be paid per call (x402)
 
 
 @dataclass(frozen=True)
@@ -185,10 +211,35 @@ class ConnectionsConfig:
 class MeteringConfig:
     """Where charges are kept (also the sign-in state) and how they are burned on chain."""
 
-    ledger: str = "sqlite:///var/lib/gateway/ledger.db"
+    ledger: str = "sqlite:///var/lib/gateway/ledger.db"  # or postgresql://USER@HOST:PORT/DB (replicas)
+    ledger_password: str | None = field(default=None, repr=False)  # PostgreSQL's; else libpq's environment
     operator_key: str | None = field(default=None, repr=False)
     settle_every: float = 30.0
     hold_margin: float = 60.0             # a credit hold lives the service's timeout + this, renewed while in flight
+
+
+@dataclass(frozen=True)
+class OAuthClientConfig:
+    """A confidential OAuth client declared by the operator (GPT Actions): its secret and redirect URIs."""
+
+    client_id: str
+    secret: str = field(repr=False)
+    redirect_uris: tuple[str, ...] = ()
+    name: str | None = None
+    require_pkce: bool = True             # false only for a client that cannot send it (GPT Actions)
+
+
+@dataclass(frozen=True)
+class OAuthConfig:
+    """The OAuth 2.1 authorization server (`gateway.oauth`), served when `tokens.own` is set."""
+
+    enabled: bool = True
+    access_token_ttl: float = 3600.0          # OAuth access tokens are short-lived; refresh tokens renew them
+    refresh_token_ttl: float = 30 * 86400.0   # each rotation starts a new period
+    registration: bool = True                 # RFC 7591 dynamic client registration (public clients)
+    client_metadata_documents: bool = True    # HTTPS client_id URLs (Client ID Metadata Documents)
+    metadata_private_addresses: bool = False  # may such a URL resolve to a loopback/private address
+    clients: tuple[OAuthClientConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -209,6 +260,7 @@ class GatewayConfig:
     upstream_connections: int = 10_000    # per worker: open upstream connections (streams hold one each)
     pid_file: Path | None = None          # written by `serve`, read by `gateway reload`
     connections: ConnectionsConfig = field(default_factory=ConnectionsConfig)
+    oauth: OAuthConfig = field(default_factory=OAuthConfig)
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     source: Path | None = None

@@ -98,13 +98,17 @@ ADDRESS = _string("an Ethereum address (0x + 40 hex digits, any case)", v._HEX40
 SECRET_FILE = _string("a file holding the key without `_file` (instead of it): not readable by every user")
 
 
+X402_PRICE = {"anyOf": [_string("a price in tokens such as \"0.01\"", r"[0-9]+(\.[0-9]+)?"), {"type": "number"}]}
+
+
 def _endpoint_rules(with_price: bool) -> dict:
     rule = {"type": "string", "minLength": 1, "description": "[METHOD[,METHOD...]] PATTERN, e.g. `POST /ask/:id`"}
     if not with_price:
         return _list(rule)
     dynamic = _object(dict(zip(DYNAMIC_PRICE_KEYS, (HEADER_NAME, _integer(0), _integer(0)))), ("max",),
                       "dynamic price read from a response header, reserved at max")
-    priced = _object({"endpoint": rule, "credits": {"anyOf": [_integer(0), dynamic]}}, ("endpoint",))
+    priced = _object({"endpoint": rule, "credits": {"anyOf": [_integer(0), dynamic]}, "x402": X402_PRICE},
+                     ("endpoint",))
     return _list({"anyOf": [rule, priced]})
 
 
@@ -141,6 +145,12 @@ def _service() -> dict:
             "default_tool_credits": _integer(0),
             "max_batch": _integer(1, 10_000, f"JSON-RPC messages per POST (default {McpConfig.max_batch})"),
         }),
+        "x402": _object({
+            "network": _string("CAIP-2 eip155:<chain id>", r"eip155:[1-9][0-9]*"), "asset": ADDRESS,
+            "pay_to": ADDRESS, "price": X402_PRICE, "decimals": _integer(0, 36),
+            "extra": _object({"name": _string(), "version": _string()}, (), "the token's EIP-712 domain"),
+            "max_timeout": DURATION, "facilitator_url": HTTP_URL,
+        }, ("network", "asset", "pay_to"), "per-call payments (x402 `exact`, EIP-3009 tokens)"),
         "cors": _object({
             "origins": _list(_string("scheme://host[:port] or *"), min_items=1),
             "allow_headers": _list(HEADER_NAME), "expose_headers": _list(HEADER_NAME), "max_age": DURATION,
@@ -165,6 +175,21 @@ def _tokens() -> dict:
         "issuers": _list(issuer), "own": own, "leeway": DURATION, "cache_size": _integer(0),
         "nonce_ttl": DURATION, "revocation_refresh": DURATION, "signin_rate": rate,
     })
+
+
+def _oauth() -> dict:
+    flag = _env_or({"type": "boolean"})
+    client = _object({
+        "client_id": _string("printable, no spaces, no '://'"),
+        "secret": _string("32+ bytes (prefer secret_file)"), "secret_file": SECRET_FILE,
+        "redirect_uris": _list(_string("https://..., http://127.0.0.1..., or an app's own scheme"), min_items=1),
+        "name": _string("shown on the consent page"),
+        "require_pkce": _env_or({"type": "boolean"}, "false only for clients that cannot send PKCE (GPT Actions)"),
+    }, ("client_id", "redirect_uris"), "a confidential client (GPT Actions): exactly one of secret, secret_file")
+    return _object({
+        "enabled": flag, "access_token_ttl": DURATION, "refresh_token_ttl": DURATION, "registration": flag,
+        "client_metadata_documents": flag, "metadata_private_addresses": flag, "clients": _list(client),
+    }, description="the OAuth 2.1 authorization server (needs tokens.own)")
 
 
 def config_schema() -> dict[str, Any]:
@@ -204,10 +229,14 @@ def config_schema() -> dict[str, Any]:
                 "chain_id": _integer(1), "rpc_urls": _list(HTTP_URL, min_items=1), "timeout": DURATION,
             }, ("chain_id", "rpc_urls"))},
             "tokens": _tokens(),
+            "oauth": _oauth(),
             "services": {"type": "object", "minProperties": 1, "additionalProperties": _service(),
                          "propertyNames": {"pattern": f"^{v.LABEL.pattern}$"}},
             "metering": _object({
-                "ledger": _string("sqlite:///PATH (relative to this file) or sqlite:////ABSOLUTE", r"sqlite:///.+"),
+                "ledger": _string("sqlite:///PATH (relative to this file), sqlite:////ABSOLUTE, or "
+                                  "postgresql://USER@HOST:PORT/DB (no password in it)", r"^(sqlite:///.+|postgres(ql)?://.+)$"),
+                "ledger_password": _string("PostgreSQL's password (prefer ledger_password_file, PGPASSWORD or PGPASSFILE)"),
+                "ledger_password_file": _string("a file holding ledger_password (instead of it)"),
                 "operator_key": _string("the burner's private key (0x + 64 hex)", v._HEX64.pattern),
                 "operator_key_file": _string("a file holding operator_key (instead of it)"),
                 "operator_keystore": _string("an encrypted eth-keyfile JSON holding the operator key (instead of it)"),

@@ -5,6 +5,7 @@ between services (host names) are in `gateway.config.checks`."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from pathlib import Path
 from types import MappingProxyType
@@ -27,6 +28,8 @@ from gateway.config.model import (
 from gateway.config.nodes import Node
 from gateway.config.rules import RuleError, compile_rule
 from gateway.config.secret_files import inline_or_file
+from gateway.config.x402 import check_rules, parse_x402
+from gateway.config.x402 import price as x402_price
 
 # The keys of the two mappings read without a `Node` (also declared by `gateway.config.schema`).
 DYNAMIC_PRICE_KEYS = ("header", "min", "max")    # credits: {header, min, max}
@@ -62,7 +65,9 @@ def parse_services(
             max_body=s.get("max_body", v.size, max_body or DEFAULT_MAX_BODY),
             mcp=_mcp(s.child("mcp"), plan),
             cors=_cors(s.child("cors")),
+            x402=parse_x402(s.child("x402"), chains),
         )
+        check_rules(s, protected, service.x402)
         # Why: a protected endpoint without a plan could never be paid for; refuse the config.
         if protected and plan_node is None:
             problems.append(f"{s.at('plan')}: required when protected_endpoints are listed")
@@ -84,11 +89,12 @@ def _rules(s: Node, key: str, with_price: bool) -> tuple[EndpointRule, ...]:
     rules = []
     for i, raw in enumerate(s.get(key, v.list_of(lambda x: x), []) or []):
         path = f"{s.at(key)}[{i}]"
-        price = None
+        price = per_call = None
         if isinstance(raw, Mapping) and with_price:
             r = Node(raw, path, s.problems)
             text = r.get("endpoint", v.non_empty)
             price = r.get("credits", _price, None)
+            per_call = r.get("x402", x402_price, None)  # also payable per call, at this price
             r.done()
         elif isinstance(raw, str):
             text = raw
@@ -98,7 +104,7 @@ def _rules(s: Node, key: str, with_price: bool) -> tuple[EndpointRule, ...]:
         if text is None:
             continue
         try:
-            rules.append(compile_rule(text, price))
+            rules.append(dataclasses.replace(compile_rule(text, price), x402=per_call))
         except RuleError as exc:
             s.problems.append(f"{path}: {exc}")
     return tuple(rules)

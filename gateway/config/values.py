@@ -255,15 +255,26 @@ def jwks_file(base_dir: Path) -> Callable[[Any], Path]:
 
 
 def ledger_url(raw: Any, base_dir: Path = Path(".")) -> str:
-    """`sqlite:///PATH` (relative to the config's folder; `sqlite:////abs` is absolute).
+    """`sqlite:///PATH` (relative to the config's folder; `sqlite:////abs` is absolute), or
+    `postgresql://USER@HOST:PORT/DB` (the shared ledger of replicas on several machines).
 
     A sqlite URL comes back with an absolute path, so the process's working directory never matters."""
     text = non_empty(raw)
-    # Why sqlite only: it is the one ledger this gateway has (`gateway.ledger`); any other scheme
-    # (redis://, postgres://) would pass here and stop `serve` at start-up.
+    scheme = urlsplit(text).scheme  # only the scheme is ever repeated: a URL may hold a password
+    if scheme in ("postgresql", "postgres"):
+        parts = urlsplit(text)
+        # Why refuse a password in the URL: the config file is not a secret store (it is shown,
+        # copied, committed); the password comes from `ledger_password_file`, PGPASSWORD or PGPASSFILE.
+        if parts.password:
+            raise ValueError("must not hold a password: use metering.ledger_password_file "
+                             "(or the PGPASSWORD / PGPASSFILE environment variables)")
+        if not parts.hostname and "host=" not in parts.query:
+            raise ValueError("a postgresql:// URL needs a host (postgresql://USER@HOST:PORT/DB)")
+        return text
+    # Why only these two: they are the ledgers this gateway has (`gateway.ledger`); any other
+    # scheme (redis://, mysql://) would pass here and stop `serve` at start-up.
     if not text.startswith("sqlite:///"):
-        scheme = urlsplit(text).scheme  # only the scheme is repeated: a URL may hold a password
-        raise ValueError("must be sqlite:///PATH: SQLite is the only ledger this gateway has"
+        raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
                          + (f" (got a {scheme}:// URL)" if scheme else ""))
     path = Path(text[len("sqlite:///"):])
     if not path.name:

@@ -1,5 +1,5 @@
 """What a call costs and who pays: plan checks on chain (`plans`, cached and coalesced;
-`shared_balances` across workers), prices (`prices`), reservations and charges (`meter`), and
+`shared_balances` across workers, `shared_balances_postgres` across replicas), prices (`prices`), reservations and charges (`meter`), and
 batched burns on chain (`settlement`). Refusals are domain errors carrying data (`NotCovered`,
 `HoldExpired`, `PlanUnreadable`), answered by `gateway.http.refusals` (the 402 is built there).
 

@@ -16,6 +16,10 @@ from the chain what happened:
 
 A group the subscriber's balance no longer covers (tokens moved away) burns
 what is left and records a shortfall, which blocks the account until resolved.
+
+Replicas sharing a PostgreSQL ledger settle one at a time: a cycle runs only while this process
+holds the settler lease (`gateway.ledger.settler_lease`), confirmed again before each burn is
+recorded. A new holder starts with `reconcile`, so what a dead settler left is finished first.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from eth_utils import function_signature_to_4byte_selector
 from gateway.chain.reader import ChainReader
 from gateway.chain.rpc import ChainUnavailable, RpcError
 from gateway.ledger import Ledger, PendingGroup, Settlement
+from gateway.ledger.settler_lease import SettlerLease, SoleSettler
 from gateway.ops.crash_points import crash_point  # a no-op test hook (see there)
 from gateway.ops.observability import Metrics
 from gateway.credits.plans import credits_calldata
@@ -96,12 +101,15 @@ class Report:
     failed: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     shortfalls: int = 0
+    settler: bool = True  # False: another replica holds the settler lease; this cycle did nothing
 
 
 class Settler:
     def __init__(self, ledger: Ledger, rpcs: Mapping[int, ChainReader], operator_key: str,
-                 settle_every: float, metrics: Metrics | None = None, clock=time.monotonic) -> None:
+                 settle_every: float, metrics: Metrics | None = None, clock=time.monotonic,
+                 lease: SettlerLease | None = None) -> None:
         self.ledger, self.rpcs, self.settle_every, self.clock = ledger, rpcs, settle_every, clock
+        self.lease = lease or SoleSettler()
         self.metrics = metrics or Metrics()
         self._key = operator_key
         self.operator = EthAccount.from_key(operator_key).address
@@ -121,6 +129,13 @@ class Settler:
     async def settle_once(self) -> Report:
         async with self.lock:
             report = Report()
+            if not await self.lease.held():
+                # Why skip: another replica settles; two settlers would only race for the same nonces.
+                report.settler = False
+                return report
+            # The chain's count is the truth at the start of a cycle (another replica may have
+            # settled since the last one); within the cycle, our own sends count too.
+            self._next_nonce.clear()
             await self.reconcile(report)
             sent: list[Settlement] = []
             groups = await self.ledger.pending_groups()
@@ -131,6 +146,9 @@ class Settler:
                     log.info("settlement_progress", done=done, of=len(groups))
                 if self._backing_off(group):
                     continue
+                if not await self.lease.held():  # lost mid-cycle: the new settler reconciles the rest
+                    report.settler = False
+                    break
                 try:
                     settlement = await self._settle_group(group, report)
                 except (SettlementRefused, ChainUnavailable, RpcError) as exc:

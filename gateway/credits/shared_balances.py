@@ -1,5 +1,8 @@
 """Plan balances shared by the worker processes of one gateway, through the ledger database.
 
+`shared_balances(db, ...)` picks the implementation for the database: `SharedBalances` here (SQLite,
+one machine), `PostgresSharedBalances` (`shared_balances_postgres`: every replica's workers).
+
 Each worker has its own in-memory plan cache; without this, N workers read a new
 subscriber's balance from the chain N times. On a local miss a worker first
 looks here: a fresh balance read by another worker is used as is; if another
@@ -43,6 +46,14 @@ class SharedBalance(NamedTuple):
 
 _WAIT = object()
 _CLAIMED = object()
+
+
+def shared_balances(db, lease: float, clock: Callable[[], float] = time.time):
+    """The shared balances kept in `db` (a `gateway.ledger.backends.Database`)."""
+    if isinstance(db, SqliteDatabase):
+        return SharedBalances(db, lease, clock)
+    from gateway.credits.shared_balances_postgres import PostgresSharedBalances
+    return PostgresSharedBalances(db, lease, clock)
 
 
 class SharedBalances:

@@ -2,7 +2,8 @@
 
 `Anvil` runs the anvil binary installed by `npm ci --ignore-scripts` in `chain/` (directly, so it
 can be killed by PID) on a loopback port. `DevChain` is a small synchronous web3 helper that
-deploys the artifacts compiled by `chain/compile.js` (CreditsPlan, AccessPass, SmartWallet), sends
+deploys the artifacts compiled by `chain/compile.js` (CreditsPlan, AccessPass, SmartWallet,
+PaymentToken: an EIP-3009 ERC-20 for x402 payments), sends
 signed transactions from anvil's well-known dev accounts and reads state.
 
 Never used in the request path: the gateway itself talks to chains asynchronously.
@@ -229,6 +230,18 @@ class DevChain:
     def revoke_burner(self, plan: str, operator: str) -> None:
         role = self.call(plan, "CreditsPlan", "BURNER_ROLE")
         self.transact(plan, "CreditsPlan", "revokeRole", role, operator)
+
+    def deploy_payment_token(self, owner: str = DEV_ACCOUNTS[0][0], name: str = "Demo USD",
+                             symbol: str = "DUSD") -> str:
+        """An EIP-3009 ERC-20 (6 decimals; EIP-712 domain `name`, version "1") for x402 payments."""
+        return self.deploy("PaymentToken", owner, name, symbol)
+
+    def mint_tokens(self, token: str, to: str, amount: int) -> None:
+        """Mint `amount` atomic units (10**6 per token) to a demo payer."""
+        self.transact(token, "PaymentToken", "mint", to, amount)
+
+    def token_balance(self, token: str, holder: str) -> int:
+        return self.call(token, "PaymentToken", "balanceOf", holder)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,12 +3,14 @@
 Starts a local chain (anvil), deploys the credits plan and mints credits to a
 subscriber, starts the example plugin and the gateway (real processes, on
 loopback), then shows what a client sees: an open endpoint, a protected one
-without a token, with a token but no credits, with credits, over budget; and
-then the settlement: one burn on chain for everything charged.
+without a token, with a token but no credits, with credits, over budget; one
+call paid per call by the official x402 client (no plan, no token: an EIP-3009
+token transfer); and then the settlement: one burn on chain for everything charged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import shutil
@@ -29,6 +31,8 @@ OWNER, SUBSCRIBER, BROKE = DEV_ACCOUNTS[1][0], DEV_ACCOUNTS[2][0], DEV_ACCOUNTS[
 # so a curl with its token would only ever answer 402.
 TRY_IT, TRY_IT_CREDITS = DEV_ACCOUNTS[4][0], 100
 HOST = "elvis.proxy.localhost"
+# x402: a payer holding the demo's EIP-3009 token (no plan, no token of the gateway), and the payee.
+X402_PAYER, X402_PAYEE, X402_FUNDS, X402_PRICE = DEV_ACCOUNTS[5], DEV_ACCOUNTS[1][0], 1_000_000, "0.05"
 
 
 def call(base: str, method: str, path: str, token: str | None = None, body: dict | None = None):
@@ -100,7 +104,10 @@ def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: 
         "GATEWAY_STATE_DIR": str(work), "GATEWAY_OPERATOR_KEY": DEV_ACCOUNTS[0][1], "GATEWAY_SETTLE_EVERY": "1h",
         "ELVIS_UPSTREAM": f"http://127.0.0.1:{plugin_port}", "ELVIS_UPSTREAM_TOKEN": upstream_secret,
     }
-    config = str(REPO / "config" / "gateway.yaml")
+    token = chain.deploy_payment_token()
+    chain.mint_tokens(token, X402_PAYER[0], X402_FUNDS)
+    print(f"x402     PaymentToken {token} (EIP-3009, 6 decimals): {X402_PAYER[0]} holds 1.00, no plan")
+    config = _config_selling_ask_per_call(work, token)
     gateway = ChildProcess([sys.executable, "-m", "gateway", "serve", "--config", config],
                            ready=r'"event": "listening"', env=env)
     children.append(gateway)
@@ -129,6 +136,7 @@ def _walk_through(anvil: Anvil, work: Path, children: list[ChildProcess], once: 
                     f"remaining {headers.get('X-Credits-Remaining')}", status, body, 200)
     ok &= _show("over budget: POST /query with every credit charged (not yet burned on chain)",
                 *_pick(call(base, "POST", "/query", tokens[SUBSCRIBER], query)), 402)
+    ok &= asyncio.run(_show_x402_call(chain, base, token, ask))
     ok &= _show_settlement(chain, plan, admin_port, charged=5)
 
     if not once:  # Why only here: with --once every server is stopped by the time a person could try it
@@ -162,6 +170,47 @@ def _print_try_it(base: str, port: int, token: str, config: str, work: Path) -> 
     command = str(script) if script.exists() else f"{sys.executable} -m gateway"
     print(f"  GATEWAY_STATE_DIR={work} {command} usage --config {config}   # the ledger, no other secret needed")
     print()
+
+
+def _config_selling_ask_per_call(work: Path, token: str) -> str:
+    """config/gateway.yaml, with POST /ask also sold per call (x402) for the demo's token."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "config" / "gateway.yaml").read_text())
+    elvis = data["services"]["elvis"]
+    elvis["x402"] = {"network": "eip155:31337", "asset": token, "pay_to": X402_PAYEE,
+                     "extra": {"name": "Demo USD", "version": "1"}}
+    elvis["protected_endpoints"] = [dict(rule, x402=X402_PRICE) if isinstance(rule, dict) and rule["endpoint"] == "POST /ask"
+                                    else rule for rule in elvis["protected_endpoints"]]
+    data["metering"]["ledger"] = "sqlite:///${GATEWAY_STATE_DIR}/ledger.db"  # no longer beside config/
+    path = work / "gateway.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+async def _show_x402_call(chain: DevChain, base: str, token: str, body: dict) -> bool:
+    """One call paid by the official x402 client: it reads the 402's terms, signs an EIP-3009
+    authorization and retries; the gateway verifies, forwards, and settles it on chain."""
+    from eth_account import Account
+    from x402 import x402Client
+    from x402.http import decode_payment_response_header
+    from x402.http.clients.httpx import x402HttpxClient
+    from x402.mechanisms.evm.exact import register_exact_evm_client
+
+    client = x402Client()
+    client.set_spend_controls({"allowed_assets": [{"network": "eip155:31337", "asset": token}]})
+    register_exact_evm_client(client, Account.from_key(X402_PAYER[1]))
+    before = chain.token_balance(token, X402_PAYEE)
+    async with x402HttpxClient(client, headers={"Host": HOST}, timeout=30) as http:
+        resp = await http.post(base + "/ask", json=body)
+    settled = decode_payment_response_header(resp.headers["PAYMENT-RESPONSE"]) if "PAYMENT-RESPONSE" in resp.headers else None
+    received = chain.token_balance(token, X402_PAYEE) - before
+    good = resp.status_code == 200 and settled is not None and settled.success and received == 50_000
+    print(f"[{'ok ' if good else 'FAIL'}] x402 client, no plan and no token: POST /ask paid per call "
+          f"({X402_PRICE} token)\n"
+          f"       -> {resp.status_code}; PAYMENT-RESPONSE tx {settled.transaction if settled else '(none)'}\n"
+          f"       the payee received {received / 1e6:.2f} token (transferWithAuthorization, gas paid by the operator)\n")
+    return good
 
 
 def _show_settlement(chain: DevChain, plan: str, admin_port: int, charged: int) -> bool:

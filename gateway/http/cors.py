@@ -18,9 +18,9 @@ from gateway.config.model import CorsConfig
 from gateway.http.problems import Problem
 
 ALLOW_HEADERS = ("Authorization", "Content-Type", "Accept", "X-Request-Id", "Last-Event-ID",
-                 "Mcp-Session-Id", "Mcp-Protocol-Version", "Mcp-Method", "Mcp-Name")
+                 "Mcp-Session-Id", "Mcp-Protocol-Version", "Mcp-Method", "Mcp-Name", "Payment-Signature")
 EXPOSE_HEADERS = ("X-Credits-Charged", "X-Credits-Remaining", "X-Request-Id", "Payment-Required",
-                  "WWW-Authenticate", "Mcp-Session-Id")
+                  "Payment-Response", "WWW-Authenticate", "Mcp-Session-Id")
 UPSTREAM_CORS = frozenset({
     "access-control-allow-origin", "access-control-allow-credentials", "access-control-allow-methods",
     "access-control-allow-headers", "access-control-expose-headers", "access-control-max-age",

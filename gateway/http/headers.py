@@ -9,8 +9,10 @@ come only from `trusted_proxies`.
 
 from __future__ import annotations
 
+import os
+import random
 import re
-import uuid
+from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Iterable
 
@@ -73,7 +75,14 @@ def request_id(incoming: str | None) -> str:
     """Keep a well-formed id from an upstream load balancer (traceability); otherwise mint one."""
     if incoming and _REQUEST_ID.fullmatch(incoming):
         return incoming
-    return uuid.uuid4().hex
+    # Why not uuid4: it draws from the OS (a system call) on every request for a value that must be
+    # unique, not secret (a client may send its own). Not a counter either: ids would tell clients
+    # how busy the gateway is. 128 bits from a generator seeded from the OS, per process.
+    return f"{_ids.getrandbits(128):032x}"
+
+
+_ids = random.Random()  # seeded from os.urandom
+os.register_at_fork(after_in_child=_ids.seed)  # each forked worker its own sequence
 
 
 def is_steering(name: str) -> bool:
@@ -90,13 +99,29 @@ def is_client_fact(name: str) -> bool:
 
 def trusted_peer(peer: str | None, trusted_proxies: Iterable[IPv4Network | IPv6Network]) -> bool:
     """Whether the connection comes from one of the operator's own proxies (`trusted_proxies`)."""
-    if not peer:
+    if not peer or not trusted_proxies:  # most gateways trust no proxy: no address to parse
         return False
+    if isinstance(trusted_proxies, tuple):  # the config's (immutable): the answer per peer is cached
+        return _trusted_cached(peer, trusted_proxies)
+    return _trusted(peer, trusted_proxies)
+
+
+def _trusted(peer: str, trusted_proxies: Iterable[IPv4Network | IPv6Network]) -> bool:
     try:
         address = ip_address(peer)
     except ValueError:  # a unix socket peer, for instance
         return False
     return any(address in network for network in trusted_proxies)
+
+
+_trusted_cached = lru_cache(maxsize=4096)(_trusted)
+
+
+# x402 payments (v2 and v1 names): the gateway verifies and settles them; the upstream is paid, not told.
+_PAYMENT = frozenset({"payment-signature", "x-payment"})
+_DROPPED = HOP_BY_HOP | _OVERWRITTEN | _PAYMENT
+_NEVER_PREFIXES = (GATEWAY_PREFIX, *_STEERING_PREFIXES)  # is_steering's prefixes, and ours
+_NONE: frozenset[str] = frozenset()
 
 
 def upstream_request_headers(
@@ -116,23 +141,23 @@ def upstream_request_headers(
     `X-Forwarded-Port`...) pass and `X-Forwarded-For` extends the proxy's chain; from anyone else
     they are dropped and `X-Forwarded-For` is the peer alone. Steering headers never pass."""
     trusted = trusted_peer(peer, trusted_proxies)
-    drop = HOP_BY_HOP | _OVERWRITTEN | connection_listed(incoming)
+    # Hop-by-hop and overwritten headers, and any the client listed in Connection, never pass.
+    listed = connection_listed(incoming) if "Connection" in incoming else _NONE
     auth = service.upstream_auth
-    if auth.header_name:
-        # Why: a client must never be able to supply (or duplicate) the owner's credential.
-        drop = drop | {auth.header_name.lower()}
+    # Why: a client must never be able to supply (or duplicate) the owner's credential.
+    credential = auth.header_name.lower() if auth.header_name else None
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
-        # Why: client-sent X-Gateway-* would let a caller claim to be any subscriber.
-        if lower in drop or lower.startswith(GATEWAY_PREFIX):
+        if lower in _DROPPED or lower in listed or lower == credential:
             continue
-        # Why: X-Original-URL, X-HTTP-Method-Override & co. would let the upstream serve another
-        # route or method than the one the rules allowed (and priced).
-        if is_steering(lower):
+        # Why: client-sent X-Gateway-* would let a caller claim to be any subscriber; X-Original-URL,
+        # X-HTTP-Method-Override & co. would let the upstream serve another route or method than
+        # the one the rules allowed (and priced).
+        if lower in _STEERING or lower.startswith(_NEVER_PREFIXES):
             continue
         # Why: only a proxy of ours knows the client's real address and scheme; anyone else lies.
-        if not trusted and is_client_fact(lower):
+        if not trusted and (lower in _CLIENT_FACTS or lower.startswith(_CLIENT_FACTS_PREFIXES)):
             continue
         out.add(name, value)
     if auth.header_name and auth.header_value:
@@ -164,5 +189,6 @@ def client_response_headers(
     upstream: CIMultiDictProxy[str], *, strip: frozenset[str] = frozenset()
 ) -> CIMultiDict[str]:
     """The upstream's answer headers minus hop-by-hop ones and any the gateway consumes."""
-    drop = HOP_BY_HOP | connection_listed(upstream) | strip
-    return CIMultiDict((k, val) for k, val in upstream.items() if k.lower() not in drop)
+    listed = connection_listed(upstream) if "Connection" in upstream else _NONE
+    drop = HOP_BY_HOP | listed | strip if listed or strip else HOP_BY_HOP
+    return CIMultiDict([(k, val) for k, val in upstream.items() if k.lower() not in drop])

@@ -122,11 +122,17 @@ def resource_metadata(config: GatewayConfig, service: ServiceConfig, path: str, 
     """RFC 9728 protected-resource metadata for a service with an MCP path; None for other paths.
 
     Served at the root form (resource: the service) and at the path-inserted form for the MCP
-    path (resource: the MCP endpoint), which MCP clients try first. It names the issuers whose
-    tokens the gateway accepts, its own first."""
+    path (resource: the MCP endpoint), which MCP clients try first. It names the authorization
+    servers whose tokens the gateway accepts: its own first (the service's OAuth server when
+    `oauth` is on, else the own issuer), then the external issuers."""
     if service.mcp is None or path not in (METADATA_PATH, METADATA_PATH + service.mcp.path):
         return None
-    issuers = ([config.tokens.own.issuer] if config.tokens.own else []) + [i.issuer for i in config.tokens.issuers]
+    own: list[str] = []
+    if config.tokens.own is not None:
+        # Why the service's own URL when OAuth is on: that is where its authorization server
+        # (gateway.oauth) answers, with the metadata MCP clients look for; `/` as the SDKs spell it.
+        own = [base.rstrip("/") + "/"] if config.oauth.enabled and service.plan else [config.tokens.own.issuer]
+    issuers = own + [i.issuer for i in config.tokens.issuers]
     return web.json_response({
         "resource": base + path[len(METADATA_PATH):],
         "authorization_servers": issuers,

@@ -1,11 +1,13 @@
 """The gateway's own endpoints under `/.gateway/` on every service host (SPEC §6).
 
 They are answered by the gateway and never forwarded upstream:
-- `GET /.gateway/plan`: the service's plan as JSON (with a token: also the subscriber's balance);
+- `GET /.gateway/plan`: the service's plan as JSON (with a token: also the subscriber's balance;
+  an endpoint also sold per call carries its x402 `exact` terms);
 - `GET /.gateway/jwks.json`: the own issuer's public keys (signing key and previous keys);
 - `GET /.gateway/nonce`: a sign-in nonce, `{"nonce", "expires_in"}`;
 - `GET /.gateway/login`: the sign-in page (`login_page.html`, no external resources, strict CSP);
-- `POST /.gateway/login` `{message, signature}`: Sign-In with Ethereum (`gateway.auth.signin`).
+- `POST /.gateway/login` `{message, signature}`: Sign-In with Ethereum (`gateway.auth.signin`);
+- `/.gateway/oauth/*`: the OAuth 2.1 authorization server (`gateway.oauth.server`), when it is on.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from gateway.http.mcp import offer as mcp_offer
 from gateway.credits.meter import Meter
 from gateway.auth.issuer import OwnIssuer
 from gateway.credits.prices import plan_document, price_of
+from gateway.x402.offers import exact_offer
 from gateway.http.problems import Problem
 from gateway.auth.signin import SignIn, parse_login_body
 from gateway.auth.signin_address import origin_of
 from gateway.auth.tokens import TokenVerifier
 from gateway.http.upstream import read_bounded
+from gateway.oauth.server import OAuthServer
 
 LOGIN_BODY_LIMIT = 64 * 1024  # a SIWE message and a signature are a few hundred bytes
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -59,6 +63,7 @@ class GatewayEndpoints:
         self.signin = signin
         self.tokens, self.meter = tokens, meter  # for /.gateway/plan with a token
         self._page, self._csp = _login_page()
+        self.oauth: OAuthServer | None = None  # the OAuth authorization server (gateway.oauth), set by app
         self._routes: dict[str, dict[str, Handler]] = {
             "/.gateway/plan": {"GET": self._plan},
             "/.gateway/jwks.json": {"GET": self._jwks},
@@ -66,7 +71,15 @@ class GatewayEndpoints:
             "/.gateway/login": {"GET": self._login_page, "POST": self._login},
         }
 
+    def oauth_metadata(self, service: ServiceConfig, path: str, base: str) -> web.Response | None:
+        """The OAuth authorization server's metadata (RFC 8414) at its well-known paths; None elsewhere."""
+        return self.oauth.document(service, path, base) if self.oauth is not None else None
+
     async def handle(self, request: web.Request, service: ServiceConfig, path: str) -> web.StreamResponse:
+        if self.oauth is not None and path.startswith("/.gateway/oauth/"):
+            answer = await self.oauth.handle(request, service, path)
+            if answer is not None:
+                return answer
         handlers = self._routes.get(path)
         if handlers is None or (path == "/.gateway/jwks.json" and self.own_issuer is None) or (
                 path in ("/.gateway/nonce", "/.gateway/login") and self.signin is None):
@@ -121,12 +134,18 @@ class GatewayEndpoints:
             return {"service": service.id, "plan": None}
         doc = plan_document(service, self.config.chains[service.plan.chain].chain_id)
         doc["endpoints"] = [
-            {"endpoint": rule.source, "credits": _price_json(price_of(service, rule))}
+            {"endpoint": rule.source, "credits": _price_json(price_of(service, rule))} | _per_call(service, rule)
             for rule in service.protected_endpoints
         ]
         if service.mcp is not None:
             doc["mcp"] = mcp_offer(service)  # credits per MCP tool
         return {"service": service.id, "plan": doc}
+
+
+def _per_call(service: ServiceConfig, rule) -> dict:
+    """`x402`: the standard `exact` terms of an endpoint also sold per call (what its 402 offers)."""
+    offer = exact_offer(service, rule)
+    return {"x402": offer.model_dump(by_alias=True, exclude_none=True)} if offer is not None else {}
 
 
 def _price_json(price) -> int | dict:

@@ -1,8 +1,9 @@
 """The request path, top to bottom (SPEC §4-§9), in `Pipeline.decide`:
 
 route -> normalize -> classify -> CORS (a preflight is answered here) -> the gateway's own
-answers (/.gateway/*, discovery documents) -> deny what is not exposed -> authenticate -> price
-(an MCP call: by its tools) -> reserve credits -> forward -> charge (on the status line) -> relay.
+answers (/.gateway/*, discovery documents) -> deny what is not exposed -> authenticate (or accept
+an x402 per-call payment) -> price (an MCP call: by its tools) -> reserve credits -> forward ->
+charge or settle (on the status line) -> relay.
 
 What is learnt on the way is kept in one `Scope`; every refusal is raised (a `Problem`, or a
 domain error of the layers below) and answered in one place (`refusals.answer`); one access-log
@@ -16,7 +17,7 @@ import time
 import structlog
 from aiohttp import web
 
-from gateway.auth.tokens import TokenVerifier
+from gateway.auth.tokens import TokenMissing, TokenVerifier
 from gateway.config.model import GatewayConfig, ServiceConfig
 from gateway.credits.meter import Meter
 from gateway.http import cors, mcp, refusals
@@ -29,7 +30,8 @@ from gateway.http.routing import Decision, ServiceRouter, classify, normalize_pa
 from gateway.http.scope import AccessLog, Scope
 from gateway.http.upstream import Handover, Upstream, carried_through, target_url
 from gateway.http.websocket import is_websocket, proxy_websocket
-from gateway.ops.observability import Metrics
+from gateway.ops.observability import Metrics, log_request
+from gateway.x402.payments import PAYMENT_SIGNATURE, X402Payments
 
 log = structlog.get_logger("gateway.access")
 
@@ -49,9 +51,10 @@ class Pipeline:
         upstream: Upstream,
         endpoints: GatewayEndpoints,
         metrics: Metrics,
+        x402: X402Payments | None = None,
     ) -> None:
         self.config, self.router, self.tokens, self.meter = config, router, tokens, meter
-        self.upstream, self.endpoints, self.metrics = upstream, endpoints, metrics
+        self.upstream, self.endpoints, self.metrics, self.x402 = upstream, endpoints, metrics, x402
         self.plugin_documents = PluginDocuments(upstream.session)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -97,8 +100,8 @@ class Pipeline:
             raise Problem(404, "endpoint_not_exposed",
                           f"{request.method} {scope.path} is not exposed by {service.id}")
         if decision.kind == "protected":
-            scope.authenticated(await self._authenticate(request, service))
-            if scope.subscriber != service.owner:  # the owner's own calls are free, never charged
+            await self._admit(request, scope, service, decision)
+            if scope.payment is None and scope.subscriber != service.owner:  # the owner's calls are free
                 scope.priced(await mcp.read_call(request, service, decision))  # MCP: by its tools
                 price = scope.call.price if scope.call else None  # else the rule's
                 scope.hold = await self.meter.reserve(service, decision.rule, scope.subscriber, scope.request_id,
@@ -106,9 +109,28 @@ class Pipeline:
         return await self._forward(request, scope)
 
     def _record(self, line: AccessLog) -> None:
-        self.metrics.requests.labels(line.service or "", line.decision, str(line.status)).inc()
-        self.metrics.duration.labels(line.decision).observe(line.duration_ms / 1000)
-        log.info("request", **vars(line))
+        self.metrics.count_request(line.service or "", line.decision, line.status, line.duration_ms / 1000)
+        log_request(vars(line))  # the access-log line (JSON: rendered directly, see observability)
+
+    async def _admit(self, request: web.Request, scope: Scope, service: ServiceConfig, decision: Decision) -> None:
+        """An x402 payment (an endpoint sold per call), or else a subscriber's token."""
+        offer = self.x402.sells(service, decision.rule) if self.x402 is not None else None
+        payment = request.headers.get(PAYMENT_SIGNATURE) if offer is not None else None
+        if payment is not None:
+            # Why no token needed, and the payment first: a verified payment, recorded before
+            # forwarding, pays for this one call; a client that attaches one means to pay with it
+            # (x402 clients retry the very request that got the 402, its Authorization included).
+            scope.payment = await self.x402.accept(payment, service, decision.rule, offer, scope.request_id)
+            scope.log.subscriber = scope.payment.payer
+            return
+        try:
+            scope.authenticated(await self._authenticate(request, service))
+        except TokenMissing:
+            if offer is None:
+                raise
+            # Why 402, not 401: the call may be paid per call; the answer's terms say how (or a token).
+            raise self.x402.needed(service, decision.rule, "this call needs a payment (PAYMENT-SIGNATURE, "
+                                   "x402) or a subscriber's token") from None
 
     async def _authenticate(self, request: web.Request, service: ServiceConfig) -> str:
         """The subscriber's address from a valid token (or a 401/403 problem)."""
@@ -123,6 +145,7 @@ class Pipeline:
             return None
         assert scope.service is not None
         return (mcp.resource_metadata(self.config, scope.service, scope.path, scope.base)
+                or self.endpoints.oauth_metadata(scope.service, scope.path, scope.base)  # RFC 8414
                 or await self.plugin_documents.answer(request, scope.service, scope.path, scope.base))
 
     async def _forward(self, request: web.Request, scope: Scope) -> web.StreamResponse:
@@ -141,13 +164,15 @@ class Pipeline:
                                              on_open=lambda: self._charge(scope, 200, {}))
             handover = Handover()
             sending = self._send_and_charge(request, scope, url, headers, handover)
-            if hold is None:  # nothing to charge: a client that leaves simply cuts the call off
+            if hold is None and scope.payment is None:  # nothing to charge: a client leaving cuts it off
                 upstream, credit_headers = await sending
             else:  # a metered call the upstream has in full is carried through, and paid
                 upstream, credit_headers = await carried_through(
                     sending, handover, abandon=lambda result: result[0].release(), request_id=scope.request_id)
         except BaseException:
             await self.meter.release(hold)  # refused, unreachable, timed out, or the client left early
+            if self.x402 is not None:
+                await self.x402.abandon(scope.payment)  # not settled: the payer keeps the money
             raise
         strip = frozenset({hold.price.header.lower()}) if hold and hold.price.is_dynamic else frozenset()
         cors_headers, cors_strip = cors.relay_headers(scope.cors, upstream.headers)
@@ -167,6 +192,9 @@ class Pipeline:
             raise
 
     async def _charge(self, scope: Scope, status: int, headers) -> dict[str, str]:
+        if scope.payment is not None:  # paid per call: settle a 2xx (PAYMENT-RESPONSE), void the rest
+            assert self.x402 is not None and scope.service is not None and scope.decision is not None
+            return await self.x402.complete(scope.payment, status, scope.service, scope.decision.rule)
         credit_headers = await self.meter.complete(scope.hold, status, headers)
         if credit_headers:
             scope.log.credits = int(credit_headers["X-Credits-Charged"])

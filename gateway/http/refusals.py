@@ -9,8 +9,9 @@ JSON-RPC errors carrying the problem.
 
 The 402 is built here and only here (`payment_required`): problem JSON with the plan (chain_id,
 contract, token_id, standard, credits this call needs, balance, checkout_url; `shortfall` when
-one blocks the account) and the machine-readable `Payment-Required` header in the spirit of
-x402 (v2): base64 (RFC 4648 §4, padded) of compact UTF-8 JSON (README, "The 402 answer"):
+one blocks the account) and the machine-readable `PAYMENT-REQUIRED` header of x402 v2's HTTP
+transport: base64 (RFC 4648 §4, padded) of compact UTF-8 JSON, a `PaymentRequired` that the
+official SDK's model accepts (README, "The 402 answer"):
 
     {"x402Version": 2,
      "error": "<the problem's detail>",
@@ -19,9 +20,14 @@ x402 (v2): base64 (RFC 4648 §4, padded) of compact UTF-8 JSON (README, "The 402
                   "network": "eip155:<chain id>",
                   "asset": "<plan contract>",
                   "amount": "<credits this call needs, decimal string>",
+                  "payTo": "<plan contract>", "maxTimeoutSeconds": <the service's timeout, whole s>,
                   "extra": {"standard": "erc1155" | "erc721", "tokenId": "<decimal>" | null,
                             "balance": "<credits available now>", "checkoutUrl": "<url>" | null,
-                            "plan": "<public URL of /.gateway/plan>", "shortfall": "<n>" (only when one blocks)}}]}
+                            "plan": "<public URL of /.gateway/plan>", "shortfall": "<n>" (only when one blocks)}},
+                 <the standard `exact` entry (gateway.x402.offers) where the endpoint is sold per call>]}
+
+A 402 about a per-call payment (`gateway.x402.errors`) has the same shape, its own code, and may
+carry a `PAYMENT-RESPONSE` (a failed settlement).
 """
 
 from __future__ import annotations
@@ -43,10 +49,14 @@ from gateway.credits.prices import NotCovered, plan_document
 from gateway.http.mcp import METADATA_PATH, McpCall
 from gateway.http.problems import TITLES, Problem, bearer_challenge, problem_body, render
 from gateway.http.scope import Scope
+from gateway.ledger import LedgerUnavailable
+from gateway.x402.errors import (FacilitatorUnavailable, PaymentMalformed, PaymentNeeded, PaymentRejected,
+                                 SettlementFailed)
+from gateway.x402.offers import call_timeout, exact_offer
 
 log = structlog.get_logger("gateway.access")
 
-PAYMENT_REQUIRED = "Payment-Required"
+PAYMENT_REQUIRED = "PAYMENT-REQUIRED"  # x402 v2's HTTP transport spells it so (HTTP: any case)
 SCHEMES = {"erc1155": "erc1155-credits", "erc721": "erc721-pass"}
 
 
@@ -73,12 +83,28 @@ TABLE: dict[type[BaseException], Refusal] = {
     WrongAudience: Refusal(403, "wrong_audience"),
     # Why 402: the plan does not cover the call; the answer says how to pay (`payment_required`).
     NotCovered: Refusal(402, "payment_required", priced=True),
+    # Why 402 (x402): no token and no payment where the call may be paid per call; the terms say how.
+    PaymentNeeded: Refusal(402, "payment_required", priced=True),
+    # Why 402, not 400: a well-formed payment that does not pay for this call (wrong payee or
+    # amount, expired, replayed, unfunded): x402's "payment failed"; the terms say what would.
+    PaymentRejected: Refusal(402, "payment_invalid", priced=True),
+    # Why 402 and no answer: the upstream answered but the payment could not be settled; x402
+    # gives the answer only to a settled payment (the payer keeps the money, the caller the 402).
+    SettlementFailed: Refusal(402, "payment_failed", priced=True),
+    # Why 400: not a payment at all (x402's HTTP transport: invalid payment payload).
+    PaymentMalformed: Refusal(400, "bad_payment"),
+    # Why 503 and not a guess: a payment nobody could verify must not let the call through.
+    FacilitatorUnavailable: Refusal(503, "payment_unverifiable"),
     # Why 503 and not a guess: a gateway that cannot see the chain must not let calls through.
     PlanUnreadable: Refusal(503, "chain_unavailable", priced=True),
     # Why 503: the hold's credits may already be spent by another call; nothing was charged.
     HoldExpired: Refusal(503, "hold_expired", priced=True),
     # Why 503: a gateway that cannot see revocations must not honour revoked tokens.
     RevocationsUnavailable: Refusal(503, "revocations_unavailable"),
+    # Why 503 (fail closed): without the ledger no credit can be held or charged, so no paid call
+    # goes through; nothing was charged, the client may retry.
+    LedgerUnavailable: Refusal(503, "ledger_unavailable", "the credit ledger cannot be reached; try again shortly",
+                               priced=True),
     # The body's framing broke (a bad chunk): the client's fault, not a bug.
     RequestPayloadError: Refusal(400, "bad_request", "malformed request body"),
 }
@@ -129,7 +155,9 @@ def payment_required(error: NotCovered, scope: Scope | None) -> Problem:
     """The 402: the plan in the body, the terms in the `Payment-Required` header."""
     plan = plan_document(error.service, error.chain_id, error.balance) | {"credits": error.needed}
     extra: dict[str, Any] = {"plan": plan} | ({"shortfall": error.shortfall} if error.shortfall else {})
-    problem = Problem(402, "payment_required", str(error), extra=extra)
+    row = refusal_of(error)
+    problem = Problem(402, row.code if row else "payment_required", str(error), extra=extra,
+                      headers=dict(getattr(error, "headers", {})))
     if scope is not None:
         document = json.dumps(_terms(problem, plan, scope), separators=(",", ":"))
         problem.headers[PAYMENT_REQUIRED] = base64.b64encode(document.encode()).decode("ascii")
@@ -137,7 +165,8 @@ def payment_required(error: NotCovered, scope: Scope | None) -> Problem:
 
 
 def _terms(problem: Problem, plan: dict[str, Any], scope: Scope) -> dict[str, Any]:
-    """The decoded `Payment-Required` header (x402's `PaymentRequired` envelope, our scheme)."""
+    """The decoded `PAYMENT-REQUIRED` header (x402's `PaymentRequired`: our credits entry, and the
+    standard `exact` entry where the endpoint is sold per call)."""
     extra: dict[str, Any] = {
         "standard": plan.get("standard"),
         "tokenId": _decimal(plan.get("token_id")),
@@ -147,18 +176,23 @@ def _terms(problem: Problem, plan: dict[str, Any], scope: Scope) -> dict[str, An
     }
     if problem.extra.get("shortfall"):
         extra["shortfall"] = _decimal(problem.extra["shortfall"])
-    return {
-        "x402Version": 2,
-        "error": problem.detail,
-        "resource": {"url": scope.base + scope.path},
-        "accepts": [{
-            "scheme": SCHEMES.get(plan.get("standard"), "erc1155-credits"),
-            "network": f"eip155:{plan.get('chain_id')}",
-            "asset": plan.get("contract"),
-            "amount": _decimal(plan.get("credits")),
-            "extra": extra,
-        }],
-    }
+    service = scope.service
+    accepts: list[dict[str, Any]] = [{
+        "scheme": SCHEMES.get(plan.get("standard"), "erc1155-credits"),
+        "network": f"eip155:{plan.get('chain_id')}",
+        "asset": plan.get("contract"),
+        "amount": _decimal(plan.get("credits")),
+        # Why the plan contract: credits are held there (bought at checkoutUrl), not paid to anyone
+        # per call; x402 requires a payee and a positive timeout in every entry.
+        "payTo": plan.get("contract"),
+        "maxTimeoutSeconds": call_timeout(service) if service else 60,
+        "extra": extra,
+    }]
+    offer = exact_offer(service, scope.decision.rule if scope.decision else None) if service else None
+    if offer is not None:
+        accepts.append(offer.model_dump(by_alias=True, exclude_none=True))
+    return {"x402Version": 2, "error": problem.detail, "resource": {"url": scope.base + scope.path},
+            "accepts": accepts}
 
 
 def _decimal(value: Any) -> str | None:

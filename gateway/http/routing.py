@@ -26,6 +26,8 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _PATH_SAFE = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
 _WELL_KNOWN = "/.well-known/"
 _MAX_ECHO = 120  # how much of a bad Host header a 404 detail repeats
+# A path of safe characters only (no escape, nothing to encode or refuse): canonical as it is.
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 
 
 class ServiceRouter:
@@ -96,7 +98,10 @@ def normalize_path(raw_path: str) -> str:
     if not raw_path.startswith("/"):
         _bad(f"the path must start with '/' (got {raw_path[:40]!r})")
     text = _canonical_escapes(raw_path)
-    _refuse_hidden_escapes(text)
+    if "%" in text:  # every hidden escape starts with one
+        _refuse_hidden_escapes(text)
+    if "/." not in text:  # no segment starts with '.': no dot segment to resolve or refuse
+        return text
     out: list[str] = []
     segments = text[1:].split("/")
     for i, segment in enumerate(segments):
@@ -123,6 +128,8 @@ def normalize_path(raw_path: str) -> str:
 
 def _canonical_escapes(raw: str) -> str:
     """Decode unreserved %XX, upper-case the rest, encode what a path may not hold raw; refuse the unsafe."""
+    if _PLAIN.fullmatch(raw):
+        return raw  # the loop below would keep every character as it is
     out: list[str] = []
     i, n = 0, len(raw)
     while i < n:
@@ -217,7 +224,7 @@ def classify(service: ServiceConfig, method: str, path: str) -> Decision:
     open"; nothing matched: not_exposed. A rule that allows GET also allows HEAD (RFC 9110:
     HEAD is GET without the body; it costs the same when protected).
     """
-    lax = lax_form(path)
+    lax = lax_form(path) if service.protected_endpoints else path
     for rule in service.protected_endpoints:
         # Why: protected wins over open. A protected rule is also tried on the path as lenient
         # upstreams read it ('//' merged, trailing '/' and ';params' dropped), so "//query",
@@ -241,5 +248,7 @@ def _allows(rule: EndpointRule, method: str, path: str) -> bool:
 
 def lax_form(path: str) -> str:
     """The path as a lenient upstream may route it: ';params' dropped, '//' merged, no trailing '/'."""
+    if ";" not in path and "//" not in path and (path == "/" or not path.endswith("/")):
+        return path  # nothing a lenient upstream would read differently
     segments = (segment.split(";", 1)[0] for segment in path.split("/"))
     return "/" + "/".join(segment for segment in segments if segment)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.credits.meter import Hold
     from gateway.http.mcp import McpCall  # noqa: F401 - a type only
     from gateway.http.routing import Decision
+    from gateway.x402.payments import Accepted
 
 
 @dataclass
@@ -47,7 +48,8 @@ class Scope:
     `path` is the normalized path (what is authorized is exactly what is forwarded); `base` the
     public base URL the client used (`public_url.public_base`); `cors` the CORS headers of the
     answer (None: the service has no `cors`); `call` the MCP call when the body was read and
-    priced; `hold` the credits held for the call (None: nothing metered)."""
+    priced; `hold` the credits held for the call (None: nothing metered); `payment` the x402
+    per-call payment accepted for it (None: not paid per call)."""
 
     request_id: str
     raw_path: str
@@ -61,6 +63,7 @@ class Scope:
     hold: Hold | None = None
     call: McpCall | None = None
     cors: dict[str, str] | None = None
+    payment: Accepted | None = None
 
     @classmethod
     def of(cls, request: web.Request) -> Scope:

@@ -58,14 +58,34 @@ def bad_upstream_document(detail: str) -> Problem:
     return Problem(502, "bad_upstream_document", detail)
 
 
+# Headers aiohttp's client would add on its own: a proxy forwards the client's, and adds none of these.
+SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+
+
+class _ForwardedRequest(aiohttp.ClientRequest):
+    """aiohttp's client request, minus its per-call copy of the headers to decide which automatic
+    headers to add: with SKIP_AUTO_HEADERS it adds none (its defaults are Accept, Accept-Encoding
+    and User-Agent, all skipped), so the answer is known once (`create_session` checks it)."""
+
+    _SKIP = CIMultiDict((name, None) for name in sorted(SKIP_AUTO_HEADERS))
+
+    def update_auto_headers(self, skip_auto_headers) -> None:
+        self._skip_auto_headers = self._SKIP  # read later (Content-Type of a body): the same skips
+
+
 def create_session(total_connections: int = 10_000) -> aiohttp.ClientSession:
     """The one client session every upstream call shares (connection pooling, keep-alive)."""
+    # Why a check: if aiohttp ever adds another automatic header, _ForwardedRequest must not hide it.
+    if not {h.lower() for h in (*aiohttp.ClientRequest.DEFAULT_HEADERS, "User-Agent")} <= \
+            {h.lower() for h in SKIP_AUTO_HEADERS}:
+        raise RuntimeError("aiohttp adds automatic request headers SKIP_AUTO_HEADERS does not list")
     connector = aiohttp.TCPConnector(limit=total_connections, limit_per_host=0, ttl_dns_cache=300)
     return aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,  # raw bytes: no stale Content-Encoding / Content-Length
         cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must not keep one client's cookies for another
-        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+        request_class=_ForwardedRequest,
     )
 
 
@@ -167,10 +187,20 @@ class _LimitedBody:
         self.handover.done = True  # chunked: the terminating chunk follows once this returns
 
 
+class _WholeResponse(web.StreamResponse):
+    """A relayed answer whose length is known (Content-Length): its head goes out with the first
+    body bytes (or the end), in one write. Why: a head written alone is one more system call and
+    one more TCP segment per answer. An answer of unknown length (SSE, chunked) keeps
+    StreamResponse's rule, the head at once: its client may wait long for the first event."""
+
+    _send_headers_immediately = False
+
+
 class Upstream:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics | None = None) -> None:
         self.session = session
         self.metrics = metrics or Metrics()
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # one per service timeout, built once
 
     async def send(
         self, request: web.Request, service: ServiceConfig, url: URL, headers: CIMultiDict[str],
@@ -189,6 +219,10 @@ class Upstream:
             if request.body_exists and buffered is None else None
         if body is None:
             handover.done = True  # no body to stream: the request goes out whole with its head
+        timeout = self._timeouts.get(service.timeout)
+        if timeout is None:
+            timeout = self._timeouts[service.timeout] = aiohttp.ClientTimeout(
+                total=None, sock_connect=service.timeout, sock_read=service.timeout)
         started = time.perf_counter()
         try:
             response = await self.session.request(
@@ -197,9 +231,9 @@ class Upstream:
                 headers=headers,
                 data=body.chunks() if body else buffered,
                 allow_redirects=False,  # redirects are the client's to follow
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=service.timeout, sock_read=service.timeout),
+                timeout=timeout,
             )
-            self.metrics.upstream_duration.labels(service.id).observe(time.perf_counter() - started)
+            self.metrics.observe_upstream(service.id, time.perf_counter() - started)
             return response
         except asyncio.TimeoutError as exc:  # first: aiohttp's ServerTimeoutError is also a ClientError
             raise upstream_problem(exc, service.timeout) from None
@@ -219,7 +253,17 @@ class Upstream:
         """Stream the upstream's answer to the client as it arrives."""
         headers = client_response_headers(upstream.headers, strip=strip)
         headers.update(extra_headers)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        kind = _WholeResponse if "Content-Length" in upstream.headers else web.StreamResponse
+        response = kind(status=upstream.status, reason=upstream.reason, headers=headers)
+        content = upstream.content
+        if content.is_eof() and content.exception() is None:
+            # The whole answer came in with its head (a small one): relayed as it is, head and
+            # body in one write, with no chunk loop.
+            body = content.read_nowait()
+            upstream.release()
+            await response.prepare(request)
+            await response.write_eof(body)
+            return response
         self.metrics.open_streams.inc()
         try:
             await response.prepare(request)

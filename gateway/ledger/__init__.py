@@ -4,9 +4,9 @@
 embedded default is `SqliteLedger` (`sqlite`) on `SqliteDatabase` (`database`: one thread,
 group commit, migrations), which also holds the sign-in state and the shared plan balances.
 `PostgresLedger` (`postgres`) on `PostgresDatabase` (`postgres_database`, schema and queries in
-`postgres_schema`) implements the same methods with the same atomicity for gateways on several
-machines (issue 12; not wired into the app yet: the sign-in state and shared balances are still
-SQLite-only).
+`postgres_schema`) implements the same methods with the same atomicity for replicas on several
+machines. `backends` picks the pair from `metering.ledger`'s scheme; `settler_lease` elects the one
+settler among replicas sharing a PostgreSQL ledger.
 
 May import: nothing of the gateway (it is the bottom layer).
 
@@ -79,6 +79,15 @@ class ReservationExpired(Exception):
     def __init__(self, reservation_id: str) -> None:
         super().__init__(f"reservation {reservation_id} expired before it was charged")
         self.reservation_id = reservation_id
+
+
+class LedgerUnavailable(Exception):
+    """The ledger's database cannot be reached (connection refused or lost, pool exhausted for
+    too long). Callers refuse the call 503: without the ledger nothing can be reserved or charged."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the ledger cannot be reached: {detail}")
+        self.detail = detail
 
 
 class Ledger(Protocol):

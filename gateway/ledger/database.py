@@ -136,6 +136,11 @@ class SqliteDatabase:
         for (_, future, loop, _), (ok, value) in zip(batch, outcomes):
             loop.call_soon_threadsafe(_settle, future, ok, value)
 
+    async def writable(self) -> bool:
+        """An empty write transaction: takes the write lock and commits nothing (raises if it cannot)."""
+        await self.transaction(lambda conn: None, durable=False)
+        return True
+
     async def migrate(self, component: str, migrations: Sequence[Migration]) -> int:
         """Apply the component's migrations not applied yet; return its schema version."""
 

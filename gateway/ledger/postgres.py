@@ -4,20 +4,24 @@ The same `Ledger` methods and money rules as `SqliteLedger`, with these choices:
 
 - Atomic per account, accounts in parallel: `reserve` and `charge` first lock the account's row
   in `account_totals` (an upsert, so a new account gets its row), then decide and write in ONE
-  statement of the same transaction (`postgres_schema.RESERVE` / `CHARGE`). Two calls of one
-  account queue on that row; other accounts never wait. Both take that lock first, so they
-  serialize with each other and cannot deadlock.
+  statement of the same transaction (`postgres_schema.RESERVE` / `CHARGE`), both inside one
+  server-side function call (`ledger_reserve` / `ledger_charge`: one round trip, not four). Two
+  calls of one account queue on that row; other accounts never wait. Both take that lock first,
+  so they serialize with each other and cannot deadlock.
 - Durability: a charge, a settlement and every state change of one are committed with
   `synchronous_commit = on` before the method returns; holds (`reserve`, `extend`, `release`)
   with it off for their transaction (a hold is void after a crash anyway).
 - One clock: hold expiry, charge times, settlement times are the database's (`ledger_now()`).
   The balance a caller passes was read at `balance_read_at` on ITS host's clock; a burn counts
   against that balance if it was confirmed after the read. That is decided without comparing
-  clocks of two machines: in the deciding transaction the database's clock is read (T) and, at
-  the moment its answer arrives, the host's (t); the read happened `t - balance_read_at` seconds
-  earlier on one host clock (a duration), so at T - (t - balance_read_at) or later on the
-  database's clock. Burns confirmed after that bound are counted: when in doubt (within one
-  round trip) a burn counts once more for a moment, never zero times. What this assumes: the
+  clocks of two machines: the host sends the read's age (a duration on one clock) when it sends
+  the call; the function subtracts it, and a slack, from the database's clock at its start. That
+  start is later than the send by the trip to the server, so the slack should cover that trip:
+  the host measures the round trip, and if it was longer than the slack, burns confirmed in the
+  gap it may have left are counted too, with one more query (`reserve`). So a burn confirmed
+  after the read always counts; one confirmed within the slack before it may count once more
+  for a moment, never zero times. (`available` reads the database's clock and subtracts the
+  read's age measured when the answer arrives: the same bound, in two statements.) What this assumes: the
   balance was read on the host that calls (true of today's callers: a plan balance shared
   between hosts would have to carry a database time), and its clock was not stepped between
   the read and the call (a step shifts the bound by the step).
@@ -32,7 +36,12 @@ from typing import Any, Callable
 
 from gateway.ledger import Account, InsufficientCredits, PendingGroup, Reservation, ReservationExpired, Settlement
 from gateway.ledger.postgres_database import Connection, PostgresDatabase, rowcount
-from gateway.ledger.postgres_schema import ACCOUNT, CHARGE, LOCK_ACCOUNT, LOCK_FOR_HOLD, MIGRATIONS, NOW, RESERVE, SUMS
+from gateway.ledger.postgres_schema import ACCOUNT, BURNED_BETWEEN, CHARGE_CALL, MIGRATIONS, NOW, RESERVE_CALL, SUMS
+
+# How late the client's send may reach the server's function start (see `reserve`): a burn
+# confirmed this long before a balance read may count once more against it, never zero times.
+# Small: a slower trip is detected and its gap checked with one more query (`reserve`).
+READ_SLACK = 0.005
 
 
 def _key(a: Account) -> tuple[int, str, str, str]:
@@ -70,26 +79,37 @@ class PostgresLedger:
 
     async def reserve(self, account: Account, service: str, amount: int, balance: int, balance_read_at: float,
                       request_id: str, ttl: float) -> Reservation:
-        key = _key(account)
+        key, rid = _key(account), uuid.uuid4().hex
 
         async def reserve(conn: Connection) -> Reservation:
-            locked = await conn.fetchrow(LOCK_FOR_HOLD, *key)
-            read_at = self._read_on_db_clock(locked["db_now"], balance_read_at)
-            rid = uuid.uuid4().hex
-            done = await conn.fetchrow(RESERVE, *key, read_at, rid, service, amount, request_id, float(ttl),
-                                       Decimal(balance - locked["unsettled"]))
-            if done["shortfall"]:
+            sent = self.clock()
+            done = await conn.fetchrow(RESERVE_CALL, *key, sent - balance_read_at, rid, service, amount,
+                                       request_id, float(ttl), Decimal(balance), READ_SLACK)
+            trip = self.clock() - sent
+            if done["o_shortfall"]:
                 # Why: tokens moved away before a burn; until that is resolved, nothing more is sold.
-                raise InsufficientCredits(0, int(done["shortfall"]))
+                raise InsufficientCredits(0, int(done["o_shortfall"]))
+            available = balance - done["o_unsettled"] - int(done["o_burned"]) - int(done["o_held"])
+            made = done["o_made"]
+            if trip > READ_SLACK:
+                # The trip outlasted the slack, so the read time used may be up to (trip - slack)
+                # later than the true one: burns confirmed in that gap count too (rare: a stall).
+                late = int(await conn.fetchval(BURNED_BETWEEN, *key, done["o_read_at"] - (trip - READ_SLACK),
+                                               done["o_read_at"]))
+                available -= late
+                if made and available < amount:
+                    # Why give the hold back: counted with those burns, the balance does not cover it.
+                    await conn.execute("DELETE FROM reservations WHERE id = $1", rid)
+                    made = False
             # Why refuse: the balance net of unsettled charges, burns it predates and live holds
             # cannot cover the amount (the statement held nothing then).
-            available = balance - locked["unsettled"] - int(done["burned"]) - int(done["held"])
-            if not done["made"]:
+            if not made:
                 raise InsufficientCredits(max(available, 0))
             return Reservation(rid, account, amount, available - amount)
 
-        # Not flushed before returning (LOCK_FOR_HOLD): a hold only matters while its process lives.
-        return await self.db.transaction(reserve)
+        # One call, its own transaction, not flushed before returning (a hold only matters while
+        # its process lives): ledger_reserve in postgres_schema.
+        return await self.db.run(reserve)
 
     async def available(self, account: Account, balance: int, balance_read_at: float) -> int:
         """What a reservation could take now (0 while an unpaid shortfall blocks the account)."""
@@ -127,19 +147,20 @@ class PostgresLedger:
         key = _key(reservation.account)
 
         async def charge(conn: Connection) -> int:
-            # The account's lock first (as `reserve` takes it): a reservation of this account that
-            # runs meanwhile sees this hold either still held or already charged, never neither.
-            locked = await conn.fetchrow(LOCK_ACCOUNT, *key, amount)
-            read_at = self._read_on_db_clock(locked["db_now"], balance_read_at)
-            done = await conn.fetchrow(CHARGE, *key, read_at, reservation.id, amount)
-            if not done["made"]:
+            # The account's lock first (as `reserve` takes it), inside ledger_charge: a reservation
+            # of this account that runs meanwhile sees this hold either still held or already
+            # charged, never neither. The read time only shapes the credits reported as remaining.
+            done = await conn.fetchrow(CHARGE_CALL, *key, self.clock() - balance_read_at, reservation.id, amount,
+                                       READ_SLACK)
+            if not done["o_made"]:
                 # Why refuse: an expired hold no longer counts against the balance, so its credits
                 # may have been reserved (and charged) by another call; charging it too would
-                # spend the same credit twice. Raising rolls the whole transaction back.
+                # spend the same credit twice. The function took nothing back into the totals.
                 raise ReservationExpired(reservation.id)
-            return max(balance - locked["unsettled"] - int(done["burned"]) - int(done["held"]), 0)
+            return max(balance - done["o_unsettled"] - int(done["o_burned"]) - int(done["o_held"]), 0)
 
-        return await self.db.transaction(charge)
+        # One call, its own transaction, committed with synchronous_commit on (the connection's).
+        return await self.db.run(charge)
 
     # ---- settlement ---------------------------------------------------------------------------
 

@@ -21,9 +21,12 @@ version is kept per component in `schema_versions`, as on SQLite.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Sequence, TypeVar
+import contextlib
+from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import asyncpg
+
+from gateway.ledger import LedgerUnavailable
 
 T = TypeVar("T")
 Connection = asyncpg.Connection
@@ -32,6 +35,12 @@ Migration = str  # one SQL script (no parameters); its position in the list (fro
 # pg_advisory_xact_lock key for migrations ("gw-schm"): replicas starting at once migrate one by one.
 MIGRATION_LOCK = 0x67772D7363686D
 
+# What "the database cannot be reached" looks like: refused or lost connections, a server shutting
+# down or starting, no free connection within `timeout`. Anything else (a constraint, a bug) is not
+# an outage and propagates as itself.
+UNREACHABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+               asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.TooManyConnectionsError)
+
 
 def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
@@ -39,33 +48,43 @@ def is_postgres_url(url: str) -> bool:
 
 class PostgresDatabase:
     def __init__(self, url: str, min_size: int = 1, max_size: int = 10, timeout: float = 10.0,
-                 statement_cache_size: int = 100) -> None:
+                 statement_cache_size: int = 100, password: str | None = None) -> None:
         if not is_postgres_url(url):  # a guard: the config refuses other schemes first
             raise ValueError("not a postgresql:// URL")
         self.url = url
         self._options = {"min_size": min_size, "max_size": max_size, "timeout": timeout,
                          "statement_cache_size": statement_cache_size}
+        self._password = password  # None: libpq's environment (PGPASSWORD, PGPASSFILE), as asyncpg reads it
         self.timeout = timeout
         self.pool: asyncpg.Pool | None = None
         self._opening: asyncio.Lock | None = None
 
     async def open(self) -> None:
-        """Connect (idempotent); raises if the server cannot be reached within `timeout`."""
+        """Connect (idempotent); `LedgerUnavailable` if the server cannot be reached within `timeout`."""
         if self.pool is not None:
             return
         self._opening = self._opening or asyncio.Lock()
-        async with self._opening:
+        async with self._opening, _reachable():
             if self.pool is None:
                 # Why on every connection: "a charge is durable once `charge` returns" must not depend
                 # on the server's default (an operator may have turned synchronous_commit off).
-                self.pool = await asyncpg.create_pool(
-                    self.url, **self._options,
-                    server_settings={"synchronous_commit": "on", "application_name": "gateway"})
+                # reset: nothing to undo on release (the gateway never sets session state or takes
+                # session locks on pooled connections), which saves asyncpg's default reset query,
+                # one round trip per use. An open transaction is still rolled back by the pool.
+                self.pool = await asyncpg.create_pool(self.url, **self._options, **self.connect_options(),
+                                                      reset=_nothing_to_reset)
+
+    def connect_options(self) -> dict:
+        """asyncpg.connect's options for a connection of this gateway (the pool's, and any of its own)."""
+        options: dict = {"server_settings": {"synchronous_commit": "on", "application_name": "gateway"}}
+        if self._password is not None:
+            options["password"] = self._password
+        return options
 
     async def run(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """`await fn(conn)` on a pooled connection, each statement on its own (reads)."""
         await self.open()
-        async with self.pool.acquire(timeout=self.timeout) as conn:
+        async with _reachable(), self.pool.acquire(timeout=self.timeout) as conn:
             return await fn(conn)
 
     async def transaction(self, fn: Callable[[Connection], Awaitable[T]], durable: bool = True) -> T:
@@ -74,11 +93,15 @@ class PostgresDatabase:
         `durable=False`: the commit need not be flushed before returning (a crash may lose it), for
         state that is void after a crash anyway (credit holds). Others see it at once all the same."""
         await self.open()
-        async with self.pool.acquire(timeout=self.timeout) as conn:
+        async with _reachable(), self.pool.acquire(timeout=self.timeout) as conn:
             async with conn.transaction():
                 if not durable:
                     await conn.execute("SET LOCAL synchronous_commit = off")
                 return await fn(conn)
+
+    async def writable(self) -> bool:
+        """True when connected to a server that takes writes (a primary, not a standby in recovery)."""
+        return await self.run(lambda conn: conn.fetchval("SELECT NOT pg_is_in_recovery()"))
 
     async def migrate(self, component: str, migrations: Sequence[Migration]) -> int:
         """Apply the component's migrations not applied yet (all in one transaction); return its version."""
@@ -105,6 +128,19 @@ class PostgresDatabase:
         if self.pool is not None:
             pool, self.pool = self.pool, None
             await pool.close()
+
+
+async def _nothing_to_reset(_conn: asyncpg.Connection) -> None:
+    return None
+
+
+@contextlib.asynccontextmanager
+async def _reachable() -> AsyncIterator[None]:
+    """Outages (`UNREACHABLE`) become `LedgerUnavailable`: the callers' one signal to refuse 503."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        raise LedgerUnavailable(type(exc).__name__ + (f": {exc}" if str(exc) else "")) from exc
 
 
 def rowcount(status: str) -> int:

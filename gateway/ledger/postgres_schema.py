@@ -67,21 +67,6 @@ MIGRATIONS = [
 
 ACCOUNT = "chain_id = $1 AND contract = $2 AND token_id = $3 AND subscriber = $4"
 NOW = "EXTRACT(EPOCH FROM ledger_now())::float8"
-# Lock the account (creating its row the first time) and read the database's clock once the lock
-# is held. $5: credits to add to the unsettled total (a charge's amount).
-LOCK_ACCOUNT = (
-    "INSERT INTO account_totals (chain_id, contract, token_id, subscriber, unsettled) VALUES ($1, $2, $3, $4, $5)"
-    " ON CONFLICT (chain_id, contract, token_id, subscriber) DO UPDATE"
-    " SET unsettled = account_totals.unsettled + excluded.unsettled"
-    f" RETURNING unsettled, {NOW} AS db_now"
-)
-# The same lock for a reservation (adds nothing); its transaction also opts out of the synchronous
-# flush (a hold is void after a crash anyway), in the same round trip as a SET LOCAL would take.
-LOCK_FOR_HOLD = (
-    "INSERT INTO account_totals (chain_id, contract, token_id, subscriber) VALUES ($1, $2, $3, $4)"
-    " ON CONFLICT (chain_id, contract, token_id, subscriber) DO UPDATE SET unsettled = account_totals.unsettled"
-    f" RETURNING unsettled, {NOW} AS db_now, set_config('synchronous_commit', 'off', true) AS sync"
-)
 _SHORTFALL = f"(SELECT COALESCE(SUM(amount), 0) FROM shortfalls WHERE {ACCOUNT} AND resolved_at IS NULL)"
 # Charges settled after the balance was read count against it: that balance is from before their burn.
 _BURNED_SINCE = (f"(SELECT COALESCE(SUM(amount), 0) FROM settlements WHERE {ACCOUNT} AND status = 'confirmed'"
@@ -121,3 +106,61 @@ CHARGE = (
 SUMS = (f"SELECT {_SHORTFALL} AS shortfall, {_BURNED_SINCE} AS burned, {_UNSETTLED} AS unsettled,"
         f" (SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE {ACCOUNT} AND expires_at >= ledger_now())"
         " AS held")
+
+# ---- v2: reserve and charge in one round trip each ------------------------------------------------
+# Each is one function call, run as its own transaction: the account's lock, then the decision in a
+# second statement (a new snapshot, taken once the lock is held), as the two statements above did
+# inside BEGIN ... COMMIT from the client, at four round trips (BEGIN, lock, decide, COMMIT).
+# The balance's read time comes as an age (host clock, measured when the call is sent) and becomes
+# a database time at the function's start, less a slack for the trip from the client to the
+# server; the caller checks the round trip against it (`gateway.ledger.postgres`, BURNED_BETWEEN).
+# The migration is built from the statements above when it is written; changing them later
+# needs a new migration (an applied one never runs again).
+_RESERVE_IN_FUNCTION = (RESERVE.replace("$11", "v_net").replace("$5", "v_read_at")
+                        + " INTO v_shortfall, v_burned, v_held, v_made")
+_CHARGE_IN_FUNCTION = CHARGE.replace("$5", "v_read_at") + " INTO v_made, v_burned, v_held"
+MIGRATIONS.append(f"""
+    -- $1..$4 the account, $5 the balance's age (s), $6 id, $7 service, $8 amount, $9 request id,
+    -- $10 ttl (s), $11 the balance read, $12 the slack (s).
+    CREATE FUNCTION ledger_reserve(BIGINT, TEXT, TEXT, TEXT, FLOAT8, TEXT, TEXT, BIGINT, TEXT, FLOAT8, NUMERIC, FLOAT8)
+    RETURNS TABLE (o_unsettled BIGINT, o_shortfall NUMERIC, o_burned NUMERIC, o_held NUMERIC, o_made BOOLEAN,
+                   o_read_at FLOAT8)
+    LANGUAGE plpgsql VOLATILE AS $fn$
+    DECLARE
+        v_read_at FLOAT8 := EXTRACT(EPOCH FROM ledger_now())::float8 - $5 - $12;
+        v_unsettled BIGINT; v_net NUMERIC;
+        v_shortfall NUMERIC; v_burned NUMERIC; v_held NUMERIC; v_made BOOLEAN;
+    BEGIN
+        -- a hold is void after a crash: its commit need not wait for the disk
+        PERFORM set_config('synchronous_commit', 'off', true);
+        INSERT INTO account_totals AS t (chain_id, contract, token_id, subscriber) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (chain_id, contract, token_id, subscriber) DO UPDATE SET unsettled = t.unsettled
+            RETURNING t.unsettled INTO v_unsettled;
+        v_net := $11 - v_unsettled;
+        {_RESERVE_IN_FUNCTION};
+        RETURN QUERY SELECT v_unsettled, v_shortfall, v_burned, v_held, v_made, v_read_at;
+    END $fn$;
+    -- $1..$4 the account, $5 the balance's age (s), $6 the reservation's id, $7 amount, $8 the slack (s).
+    CREATE FUNCTION ledger_charge(BIGINT, TEXT, TEXT, TEXT, FLOAT8, TEXT, BIGINT, FLOAT8)
+    RETURNS TABLE (o_unsettled BIGINT, o_made BOOLEAN, o_burned NUMERIC, o_held NUMERIC)
+    LANGUAGE plpgsql VOLATILE AS $fn$
+    DECLARE
+        v_read_at FLOAT8 := EXTRACT(EPOCH FROM ledger_now())::float8 - $5 - $8;
+        v_unsettled BIGINT; v_made BOOLEAN; v_burned NUMERIC; v_held NUMERIC;
+    BEGIN
+        INSERT INTO account_totals AS t (chain_id, contract, token_id, subscriber, unsettled) VALUES ($1, $2, $3, $4, $7)
+            ON CONFLICT (chain_id, contract, token_id, subscriber) DO UPDATE SET unsettled = t.unsettled + excluded.unsettled
+            RETURNING t.unsettled INTO v_unsettled;
+        {_CHARGE_IN_FUNCTION};
+        IF NOT v_made THEN  -- nothing charged: the unsettled total goes back (same transaction)
+            UPDATE account_totals SET unsettled = unsettled - $7 WHERE {ACCOUNT};
+        END IF;
+        RETURN QUERY SELECT v_unsettled, v_made, v_burned, v_held;
+    END $fn$
+""")
+# Burns of the account confirmed in ($5, $6]: what a reservation whose trip outlasted the slack
+# may have left uncounted.
+BURNED_BETWEEN = (f"SELECT COALESCE(SUM(amount), 0) FROM settlements WHERE {ACCOUNT} AND status = 'confirmed'"
+                  " AND confirmed_at > to_timestamp($5::float8) AND confirmed_at <= to_timestamp($6::float8)")
+RESERVE_CALL = "SELECT * FROM ledger_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+CHARGE_CALL = "SELECT * FROM ledger_charge($1, $2, $3, $4, $5, $6, $7, $8)"

@@ -84,8 +84,7 @@ async def _probe_chains(runtime: Runtime) -> dict[str, bool]:
 
 
 async def _ledger_writable(runtime: Runtime) -> bool:
-    try:  # an empty write transaction: takes the write lock and commits nothing
-        await asyncio.wait_for(runtime.db.transaction(lambda conn: None, durable=False), timeout=5)
-        return True
+    try:
+        return await asyncio.wait_for(runtime.db.writable(), timeout=5)
     except Exception:  # noqa: BLE001 - locked, read-only, full disk: all "not ready"
         return False

@@ -10,6 +10,9 @@ The named steps (where production code calls this hook):
 - `settlement_recorded`: a burn is written to the ledger, its transaction not yet sent
   (`gateway.credits.settlement`);
 - `settlement_sent`: the transaction is sent, its receipt not yet awaited.
+- `x402_owed`: an x402 payment's call answered 2xx and the payment is recorded as owed, its
+  `transferWithAuthorization` not yet submitted (`gateway.x402.payments`);
+- `x402_sent`: that transfer is mined, the record not yet marked settled.
 
 Operators never set the variable. It lives in this module of its own so that production modules
 only name their steps, and the kill switch is one place to audit. Imports nothing of the gateway.

@@ -3,73 +3,38 @@
 Log lines carry what an operator needs to explain a decision, and never a
 token or a secret: the pipeline passes only its scope's `AccessLog` fields.
 Logs are JSON by default and a human-readable console format on a terminal.
-Writing a log line never fails a request: a write that fails (stdout gone,
-disk full, a non-blocking pipe full) is counted and dropped. Records of the
-standard `logging` module (aiohttp, asyncio) go through the same renderer, so
-the output is one JSON object per line, tracebacks included (as JSON).
+Writing a log line never fails nor stalls a request: lines are batched per
+event-loop iteration and written without blocking (`gateway.ops.log_writer`);
+a write that fails (stdout gone, disk full, a pipe full for too long) is
+counted and dropped. Records of the standard `logging` module (aiohttp,
+asyncio) go through the same renderer, so the output is one JSON object per
+line, tracebacks included (as JSON).
 
-Known limit: stdout is written synchronously; when the reader of a pipe stops
-reading and its buffer fills, a write blocks the event loop until it drains
-(a bounded, non-blocking writer is another change).
+The access-log line (`log_request`, one per request) is rendered straight from
+its fields when the JSON format is on: the same line, key for key, as structlog's
+processors would write, without their per-call overhead (under
+`structlog.testing.capture_logs`, or in the console format, it goes through
+structlog as any other event).
 """
 
 from __future__ import annotations
 
+import atexit
+import datetime
+import json
 import logging
-import os
 import sys
-import threading
-from typing import Any, TextIO
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.ops.log_writer import LineWriter, batch_fd
+
+__all__ = ["LineWriter", "Metrics", "configure_logging", "count_malformed", "flush_logs", "log_request",
+           "log_write_errors"]
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
-
-class LineWriter:
-    """Writes whole log lines to a text stream; a failed write is counted and dropped, never raised.
-
-    Why: a request must never fail because its log line could not be written (a closed terminal
-    answers EPIPE to every write; a full disk ENOSPC; a full non-blocking pipe EAGAIN)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()  # whole lines, also when a worker thread logs
-        self._gone = False
-        self.errors = 0
-
-    def write_line(self, line: str) -> None:
-        with self._lock:
-            if self._gone:
-                self._dropped()  # the reader is gone for good: the line is dropped
-                return
-            try:
-                self._stream.write(line + "\n")
-                self._stream.flush()
-            except BrokenPipeError:
-                # The read end is closed and never comes back: stop writing, and point the file
-                # descriptor at /dev/null so that Python's own flush at exit does not fail either.
-                self._dropped()
-                self._gone = True
-                self._discard()
-            except (OSError, ValueError):  # ENOSPC, EAGAIN, a closed file: this line is lost
-                self._dropped()
-
-    def _dropped(self) -> None:
-        self.errors += 1
-        _process_counters()[0].inc()
-
-    def _discard(self) -> None:
-        try:
-            fd = self._stream.fileno()
-            null = os.open(os.devnull, os.O_WRONLY)
-        except (OSError, ValueError, AttributeError):  # not a real file (a test's buffer)
-            return
-        try:
-            os.dup2(null, fd)
-        finally:
-            os.close(null)
 
 
 class _SafeLogger:
@@ -98,6 +63,17 @@ class _ToStructlog(logging.Handler):
 
 
 _writer: LineWriter | None = None
+_access = structlog.get_logger("gateway.access")
+_fast: tuple[list, int] | None = None  # (our JSON processors, level): `log_request` renders the line itself
+
+
+def _fallback(obj: Any) -> Any:
+    """What structlog's JSONRenderer writes for a value JSON has no type for."""
+    return obj.__structlog__() if hasattr(obj, "__structlog__") else repr(obj)
+
+
+_encode = json.JSONEncoder(default=_fallback).encode  # built once; json.dumps(default=...) builds one per call
+_UTC = datetime.timezone.utc
 _counters: tuple[Counter, Counter] | None = None  # (log write errors, malformed requests): see _process_counters
 
 
@@ -131,25 +107,72 @@ def count_malformed(code: str) -> None:
     _process_counters()[1].labels(code).inc()
 
 
+def _dropped(n: int) -> None:
+    _process_counters()[0].inc(n)
+
+
+def flush_logs() -> None:
+    """Write the lines still batched (a worker whose loop has ended calls this; so does exit)."""
+    if _writer is not None:
+        _writer.flush()
+
+
+atexit.register(flush_logs)
+
+
+def _json_line(logger: Any, name: str, event_dict: dict) -> str:
+    """The JSON renderer: structlog's JSONRenderer output (json.dumps' separators, ASCII), one encoder."""
+    return _encode(event_dict)
+
+
+def log_request(fields: dict[str, Any]) -> None:
+    """The access-log line of one request (`fields`: the scope's `AccessLog`, never a secret).
+
+    Why a fast path: it is written for every request. With our JSON configuration active, the
+    line is built here exactly as the processors below would build it (fields, event, context
+    variables not already set, level, timestamp), one dict and one encode."""
+    fast = _fast
+    processors = structlog.get_config()["processors"]
+    # Why both: capture_logs swaps the contents of the same processors list.
+    if fast is None or processors is not fast[0] or processors[-1] is not _json_line:
+        _access.info("request", **fields)  # console format, level above info, or a test's capture
+        return
+    if fast[1] > logging.INFO:
+        return
+    line = dict(fields)
+    line["event"] = "request"
+    for key, value in structlog.contextvars.get_contextvars().items():
+        line.setdefault(key, value)
+    line["level"] = "info"
+    line["timestamp"] = datetime.datetime.now(tz=_UTC).isoformat().replace("+00:00", "Z")
+    assert _writer is not None
+    _writer.write_line(_encode(line))
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """`fmt`: json, console, or auto (console when stdout is a terminal, JSON otherwise)."""
-    global _writer
+    global _writer, _fast
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
-    renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()) if console else structlog.processors.JSONRenderer()
+    # JSON: the encoder built once (same output as structlog's JSONRenderer: json.dumps, default=repr).
+    renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()) if console else _json_line
     errors = _writer.errors if _writer is not None else 0
-    _writer = LineWriter(sys.stdout)
+    if _writer is not None:
+        _writer.flush()  # lines of the old writer first
+    _writer = LineWriter(sys.stdout, batch_fd(sys.stdout), on_dropped=_dropped)
     _writer.errors = errors  # a counter: re-configuring does not reset it
     writer = _writer
+    processors = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # Why no locals: a frame's local variables can hold a token or a secret.
+        (structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+         if not console else structlog.processors.format_exc_info),
+        renderer,
+    ]
+    _fast = None if console else (processors, logging.getLevelName(level.upper()))
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            # Why no locals: a frame's local variables can hold a token or a secret.
-            (structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
-             if not console else structlog.processors.format_exc_info),
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=lambda *args: _SafeLogger(writer),
         cache_logger_on_first_use=True,
@@ -219,6 +242,27 @@ class Metrics:
         # Process-wide facts (not one app's): the same counters in every registry of this process.
         for counter in _process_counters():
             r.register(counter)
+        # Labelled children, looked up once per label values (`labels()` takes a lock and checks
+        # the values on every call): the request counters are updated on every request.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._upstream_children: dict[str, Any] = {}
+
+    def count_request(self, service: str, decision: str, status: int, seconds: float) -> None:
+        """One request answered (the access log's service, decision, status and duration)."""
+        children = self._request_children.get((service, decision, status))
+        if children is None:
+            children = (self.requests.labels(service, decision, str(status)), self.duration.labels(decision))
+            if len(self._request_children) < 10_000:  # bounded: statuses are 3 digits, services configured
+                self._request_children[(service, decision, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_upstream(self, service: str, seconds: float) -> None:
+        """From forwarding to the upstream's status line, by service."""
+        child = self._upstream_children.get(service)
+        if child is None:
+            child = self._upstream_children[service] = self.upstream_duration.labels(service)
+        child.observe(seconds)
 
     def count_plan(self, event: str) -> None:
         """One PlanChecker event (`gateway.credits.plans`): hits, coalesced, shared, rpc_calls, errors, stale."""

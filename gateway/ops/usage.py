@@ -1,4 +1,5 @@
-"""`gateway usage` and `gateway shortfall resolve`: the ledger, for the operator."""
+"""`gateway usage` and `gateway shortfall resolve`: the ledger, for the operator (x402 per-call
+payments listed after the credits, `gateway.x402.usage`)."""
 
 from __future__ import annotations
 
@@ -6,28 +7,30 @@ import asyncio
 from typing import Any
 
 from gateway.config.model import GatewayConfig
-from gateway.ledger.database import SqliteDatabase, sqlite_path
+from gateway.config.model import MeteringConfig
 from gateway.ledger import Account
-from gateway.ledger.sqlite import SqliteLedger
+from gateway.ledger.backends import ledger_on, open_database
+from gateway.x402.usage import x402_usage_lines
 
 COLUMNS = ("service", "subscriber", "calls", "charged", "settled", "pending", "shortfall")
 
 
-async def _with_ledger(ledger_url: str, fn) -> Any:
-    db = SqliteDatabase(sqlite_path(ledger_url))
-    ledger = SqliteLedger(db)
+async def _with_ledger(metering: MeteringConfig, fn, with_db=None) -> Any:
+    db = open_database(metering.ledger, metering.ledger_password, pool_size=1)
+    ledger = ledger_on(db)
     try:
         await ledger.open()
-        return await fn(ledger)
+        return (await fn(ledger), await with_db(db)) if with_db else await fn(ledger)
     finally:
         await db.close()
 
 
-def usage_report(ledger_url: str, service: str | None, subscriber: str | None) -> str:
-    """The ledger's rows as a table; takes the ledger URL alone (`load_metering`), no whole config."""
-    rows = asyncio.run(_with_ledger(ledger_url, lambda ledger: ledger.usage(service, subscriber)))
+def usage_report(metering: MeteringConfig, service: str | None, subscriber: str | None) -> str:
+    """The ledger's rows as a table; takes the `metering` section alone (`load_metering`), no whole config."""
+    rows, x402 = asyncio.run(_with_ledger(metering, lambda ledger: ledger.usage(service, subscriber),
+                                          lambda db: x402_usage_lines(db, service, subscriber)))
     if not rows:
-        return "no charges recorded"
+        return "\n".join(["no charges recorded", *x402])
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS}
     lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]
     for r in rows:
@@ -35,7 +38,7 @@ def usage_report(ledger_url: str, service: str | None, subscriber: str | None) -
         lines.extend(f"    burn {tx}" for tx in r["burn_txs"])
     total = {c: sum(r[c] for r in rows) for c in ("calls", "charged", "settled", "pending", "shortfall")}
     lines.append("total: " + ", ".join(f"{k} {v}" for k, v in total.items()))
-    return "\n".join(lines)
+    return "\n".join(lines + x402)
 
 
 def resolve_shortfall(config: GatewayConfig, service_id: str, subscriber: str, note: str) -> int:
@@ -44,4 +47,4 @@ def resolve_shortfall(config: GatewayConfig, service_id: str, subscriber: str, n
     if plan is None or plan.standard != "erc1155":
         raise ValueError(f"service {service_id!r} has no credits plan")
     account = Account(config.chains[plan.chain].chain_id, plan.contract, int(plan.token_id or 0), subscriber)
-    return asyncio.run(_with_ledger(config.metering.ledger, lambda ledger: ledger.resolve_shortfalls(account, note)))
+    return asyncio.run(_with_ledger(config.metering, lambda ledger: ledger.resolve_shortfalls(account, note)))

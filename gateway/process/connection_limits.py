@@ -86,11 +86,14 @@ class LimitedRequestHandler(ProblemRequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and self._waiting_for_head():
-            self._arm_head_timer()  # the first bytes of a later head on a kept-alive connection
+        first_bytes = self._head_timer is None and self._waiting_for_head()
         super().data_received(data)
         if self._messages:
             self._cancel_head_timer()  # a complete head was parsed: this request is on its way
+        elif first_bytes:
+            # The first bytes of a later head on a kept-alive connection, not all of it yet. (Armed
+            # only now: a head that arrives whole, as most do, costs no timer.)
+            self._arm_head_timer()
 
     def _waiting_for_head(self) -> bool:
         """Between requests: aiohttp waits for the next head (a body being read is not that)."""

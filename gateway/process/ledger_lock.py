@@ -7,8 +7,9 @@ copy. The kernel releases the lock when the last holder dies, whatever killed it
 (or a replacement of worker 0) never waits for a stale lock file to be cleaned up.
 
 A second gateway on the same ledger (another listen port, the same file) refuses to start:
-two settlers on one ledger could burn the same charges twice, and two gateways reserving on one
-single-host ledger is not a supported topology.
+two gateways on one single-host ledger file is not a supported topology (replicas share a
+PostgreSQL ledger instead, where no file lock is taken and the settler is elected in the
+database: `gateway.ledger.settler_lease`).
 """
 
 from __future__ import annotations

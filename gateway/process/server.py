@@ -35,10 +35,13 @@ from gateway.app import build_app, prepare_database, public_runner, reload
 from gateway.config.model import GatewayConfig, ListenAddress
 from gateway.config.load import ConfigError, load_config
 from gateway.process.connection_limits import ConnectionBudget, LimitedSite, raise_open_files_limit
+from gateway.ledger import LedgerUnavailable
+from gateway.ledger.backends import is_shared
 from gateway.process.ledger_lock import LedgerInUse, hold_ledger
 from gateway.process.parent_death import parent_alive
 from gateway.process.supervisor import HANDLED, Supervisor
 from gateway.ops import worker_metrics
+from gateway.ops.observability import flush_logs
 
 log = structlog.get_logger("gateway.server")
 BACKLOG = 2048  # the kernel caps it at net.core.somaxconn
@@ -145,11 +148,15 @@ async def _reload(app: web.Application, path) -> None:
 
 def _run_worker(config: GatewayConfig, worker: int, listeners: Listeners, parent: int | None) -> None:
     try:
-        import uvloop
+        try:
+            import uvloop
 
-        uvloop.run(run(config, worker, listeners, parent))
-    except ImportError:  # uvloop is optional (not on every platform)
-        asyncio.run(run(config, worker, listeners, parent))
+            uvloop.run(run(config, worker, listeners, parent))
+        except ImportError:  # uvloop is optional (not on every platform)
+            asyncio.run(run(config, worker, listeners, parent))
+    finally:
+        # The loop batches log lines per iteration; a forked worker exits without atexit handlers.
+        flush_logs()
 
 
 def serve(config: GatewayConfig) -> int:
@@ -169,7 +176,13 @@ def serve(config: GatewayConfig) -> int:
     if listeners is None:
         return 1
     try:
-        prepare_database(config)
+        try:
+            prepare_database(config)
+        except LedgerUnavailable as exc:
+            # Why stop: a replica that cannot reach its ledger could sell nothing; its supervisor
+            # (systemd, compose, Kubernetes) restarts it, and the orchestrator shows the line below.
+            log.error("ledger_unavailable", detail=str(exc))
+            return 1
         if config.pid_file:
             config.pid_file.parent.mkdir(parents=True, exist_ok=True)
             config.pid_file.write_text(f"{os.getpid()}\n")
@@ -208,7 +221,10 @@ def _open_listeners(config: GatewayConfig) -> Listeners | None:
                   detail=f"cannot listen on {config.admin_listen}: {exc.strerror or exc} (another gateway there?)")
         return None
     try:
-        listeners.ledger_lock = hold_ledger(config.metering.ledger)
+        # Why only SQLite's: replicas on a shared PostgreSQL ledger are the point of it; their one
+        # settler is elected in the database instead (gateway.ledger.settler_lease).
+        if not is_shared(config.metering.ledger):
+            listeners.ledger_lock = hold_ledger(config.metering.ledger)
     except LedgerInUse as exc:
         listeners.close()
         log.error("ledger_in_use", detail=str(exc))

@@ -41,7 +41,7 @@ def test_check_config_cli_reports_every_former_start_up_refusal_at_once(tmp_path
     assert lines[0] == f"{path}: 5 problem(s)", run.stderr
     for expected in (
         "services.other.hosts[0]: host 'api.proxy.localhost' is also used by service 'api'",
-        "metering.ledger: must be sqlite:///PATH: SQLite is the only ledger this gateway has (got a redis:// URL)",
+        "metering.ledger: must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB (got a redis:// URL)",
         "metering.operator_key: not a valid secp256k1 private key",
         f"tokens.issuers[0].public_key_file: {tmp_path / 'idp.pem'}: not a PEM public key or certificate",
         "admin_listen: 127.0.0.1:8080 is also bound by listen",

@@ -22,7 +22,7 @@ def spoofs() -> dict[str, str]:
 
 
 async def echoed_headers(gw, method: str = "GET") -> dict[str, str]:
-    # show_env=1: httpbin otherwise hides X-Forwarded-*, X-Real-Ip & co. from its echo
+    # show_env=1: httpbin itself would otherwise hide X-Forwarded-*, X-Real-Ip & co. from its echo
     async with gw.request(method, "/anything/x?show_env=1", headers=spoofs()) as resp:
         assert resp.status == 200
         body = await resp.json()

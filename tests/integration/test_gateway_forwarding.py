@@ -1,6 +1,6 @@
 """Forwarding, end to end: headers, status, raw bytes, streaming both ways, WebSocket.
 
-Upstreams: httpbin (a well-known third-party server from PyPI), the example plugin, and a
+Upstreams: httpbin's endpoints (tests/support/httpbin_subset.py), the example plugin, and a
 held upstream that lets a test prove a stream is relayed before the upstream finishes.
 """
 

@@ -20,7 +20,8 @@ import pytest_asyncio
 from gateway.ledger import Account, InsufficientCredits, ReservationExpired
 from gateway.ledger.postgres import PostgresLedger
 from gateway.ledger.postgres_database import PostgresDatabase
-from gateway.ledger.postgres_schema import LOCK_FOR_HOLD, MIGRATIONS
+from gateway.ledger.postgres import READ_SLACK
+from gateway.ledger.postgres_schema import MIGRATIONS, RESERVE_CALL
 from tests.support.postgres import ShiftedClock, postgres, postgres_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.asyncio
@@ -139,8 +140,10 @@ async def test_settled_after_the_read_is_decided_without_comparing_two_machines_
     assert await ledger.available(ACCOUNT, 5, read_before_burn) == 3
     with pytest.raises(InsufficientCredits):
         await ledger.reserve(ACCOUNT, "elvis", 4, 5, read_before_burn, "r2", 60)
-    await asyncio.sleep(0.05)
-    read_after_burn = ledger.clock()  # a new read: 3, the burn included
+    # A new read: 3, the burn included. Later than the burn by more than the slack the ledger
+    # allows for the trip to the server (a burn confirmed within it would count once more).
+    await asyncio.sleep(0.1 + READ_SLACK)
+    read_after_burn = ledger.clock()
     assert await ledger.available(ACCOUNT, 3, read_after_burn) == 3
     assert (await ledger.reserve(ACCOUNT, "elvis", 3, 3, read_after_burn, "r3", 60)).remaining == 0
     await db.close()
@@ -155,12 +158,13 @@ async def test_charges_are_durable_whatever_the_server_default(postgres, postgre
         return await conn.fetchval("SHOW synchronous_commit")
 
     async def reserving(conn):
-        await conn.fetchrow(LOCK_FOR_HOLD, 31337, ACCOUNT.contract, "1", ACCOUNT.subscriber)
+        await conn.fetchrow(RESERVE_CALL, 31337, ACCOUNT.contract, "1", ACCOUNT.subscriber, 0.0, "r1", "elvis", 1,
+                            "req", 60.0, 5, READ_SLACK)
         return await setting(conn)
 
     assert await db.transaction(setting) == "on"  # charges, settlements
     assert await db.transaction(setting, durable=False) == "off"  # holds only: extend, release
-    assert await db.transaction(reserving) == "off"  # and reserve, whose lock statement says so
+    assert await db.transaction(reserving) == "off"  # and reserve, whose function says so
     await db.close()
 
 
@@ -177,3 +181,35 @@ async def test_migrations_apply_once_even_when_replicas_start_together(postgres_
         await dbs[1].migrate("ledger", MIGRATIONS[:0])
     for db in dbs:
         await db.close()
+
+
+class StallingSend:
+    """The host's clock as a reservation reads it when its call took `stall` seconds to reach the
+    server: the send is stamped `stall` seconds before the server starts on it."""
+
+    def __init__(self, stall: float) -> None:
+        self.stall, self.calls = stall, 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return time.time() - (self.stall if self.calls % 2 == 1 else 0.0)  # odd: the send, even: the answer
+
+
+async def test_a_reservation_whose_trip_outlasted_the_slack_still_counts_a_burn_in_the_gap(postgres_url):
+    db = PostgresDatabase(postgres_url)
+    ledger = PostgresLedger(db)
+    await ledger.open()
+    read_before_burn = time.time()  # the replica reads 5 on chain
+    await ledger.charge(await ledger.reserve(ACCOUNT, "elvis", 2, 5, read_before_burn, "r", 60), 2, 5, read_before_burn)
+    group, = await ledger.pending_groups()
+    s = await ledger.record_settlement(group, 2, "0xop", 0, "0xa", "0xraw")
+    await ledger.mark_confirmed(s.id, 10)  # mined: 3 left on chain, while the read of 5 is cached
+    # A call whose trip to the server took 2 s: the read's age it sent is 2 s short, so the
+    # function's bound falls after the burn. The gap is checked: the burn still counts.
+    ledger.clock = StallingSend(2.0)
+    with pytest.raises(InsufficientCredits) as refused:
+        await ledger.reserve(ACCOUNT, "elvis", 4, 5, read_before_burn, "r2", 60)
+    assert refused.value.available == 3
+    assert (await ledger.reserve(ACCOUNT, "elvis", 3, 5, read_before_burn, "r3", 60)).remaining == 0
+    assert await db.run(lambda conn: conn.fetchval("SELECT COUNT(*) FROM reservations")) == 1  # r2 held nothing
+    await db.close()

@@ -132,7 +132,8 @@ async def test_without_a_token_401_names_the_resource_metadata(make_gateway, cha
     async with gw.request("GET", "/.well-known/oauth-protected-resource/mcp") as resp:
         assert resp.status == 200
         assert await resp.json() == {"resource": f"http://{HOST}/mcp",
-                                     "authorization_servers": ["https://gateway.test"],
+                                     # the service's own OAuth server (gateway.oauth), as the SDKs spell it
+                                     "authorization_servers": [f"http://{HOST}/"],
                                      "bearer_methods_supported": ["header"], "resource_name": "elvis"}
     async with gw.request("GET", "/.well-known/oauth-protected-resource") as resp:
         assert (await resp.json())["resource"] == f"http://{HOST}"

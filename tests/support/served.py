@@ -22,16 +22,27 @@ from tests.support.stack import DEV_ACCOUNTS, HOST, SUBSCRIBER, base_config
 class Served:
     """`gateway serve` on a config file; can be killed and started again on the same ledger."""
 
-    def __init__(self, chain, plugin, signing_key, tmp_path, workers: int = 1) -> None:
+    def __init__(self, chain, plugin, signing_key, tmp_path, workers: int = 1, ledger: str | None = None) -> None:
+        """`ledger`: another ledger URL (a PostgreSQL one shared by replicas) than a file in tmp_path."""
         self.port, self.admin = free_port(), free_port()
         data = base_config(chain, plugin, signing_key)
         data.update(listen=f"127.0.0.1:{self.port}", admin_listen=f"127.0.0.1:{self.admin}", workers=workers)
         data["metering"] |= {"operator_key": DEV_ACCOUNTS[0][1], "settle_every": "1h"}
+        if ledger is not None:
+            data["metering"]["ledger"] = ledger
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.path = tmp_path / "gateway.yaml"
         self.path.write_text(yaml.safe_dump(data))
         self.config = load_config(self.path)
         self.token = OwnIssuer(self.config.tokens.own).issue(SUBSCRIBER, ["elvis"])
         self.child: ChildProcess | None = None
+
+    def configure(self, change) -> None:
+        """Edit the config file before `start`: `change(data)` mutates the parsed YAML."""
+        data = yaml.safe_load(self.path.read_text())
+        change(data)
+        self.path.write_text(yaml.safe_dump(data))
+        self.config = load_config(self.path)
 
     def wait_until_listening(self, slot: int, start: int = 0) -> int:
         """The pid of the worker in `slot` once it listens (log lines from index `start`)."""
@@ -44,17 +55,21 @@ class Served:
         self.child = ChildProcess([sys.executable, "-m", "gateway", "serve", "--config", str(self.path)],
                                   ready=r'"event": "listening"', env=env)
 
-    def call(self, path: str = "/ask", body: dict | None = None) -> tuple[int, dict]:
+    def call(self, path: str = "/ask", body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
+        status, headers, _ = self.call_with_body(path, body, token)
+        return status, headers
+
+    def call_with_body(self, path: str = "/ask", body: dict | None = None,
+                       token: str | None = None) -> tuple[int, dict, bytes]:
         data = json.dumps(body or {"question": "what happens on the blue highway"}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method="POST",
-                                     headers={"Host": HOST, "Authorization": f"Bearer {self.token}",
+                                     headers={"Host": HOST, "Authorization": f"Bearer {token or self.token}",
                                               "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
-                resp.read()
-                return resp.status, dict(resp.headers)
+                return resp.status, dict(resp.headers), resp.read()
         except urllib.error.HTTPError as err:
-            return err.code, dict(err.headers)
+            return err.code, dict(err.headers), err.read()
 
     def settle(self) -> dict:
         req = urllib.request.Request(f"http://127.0.0.1:{self.admin}/settle", data=b"", method="POST")

@@ -13,6 +13,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from gateway.auth.state import SqliteAuthState
 from gateway.auth import jwks, revocation
 from gateway.auth.jwks import RemoteJwks
 from gateway.auth.revocation import RevocationList, RevocationsUnavailable
@@ -48,7 +49,7 @@ async def fail_a_jwks_fetch() -> None:
 
 async def fail_a_revocations_read() -> None:
     with pytest.raises(RevocationsUnavailable):
-        await RevocationList(BrokenDatabase(), refresh=0).is_revoked("0x" + "ab" * 20, "jti-1", 0.0)
+        await RevocationList(SqliteAuthState(BrokenDatabase()), refresh=0).is_revoked("0x" + "ab" * 20, "jti-1", 0.0)
 
 
 @pytest.mark.asyncio

@@ -81,14 +81,36 @@ def test_host_names_the_router_tells_apart_are_accepted(other_hosts):
 # --- (b) the ledger URL: what sqlite_path refused at start-up ---------------------------------
 
 @pytest.mark.parametrize("url", ["redis://localhost:6379/0", "rediss://:pw@cache:6380/1", "unix:///run/redis.sock",
-                                 "postgres://db/gateway", "ledger.db"])
-def test_a_ledger_url_other_than_sqlite_is_refused(url):
+                                 "mysql://db/gateway", "ledger.db"])
+def test_a_ledger_url_other_than_sqlite_or_postgresql_is_refused(url):
     with pytest.raises(ValueError):  # what serve did at start-up (gateway.app._open_database)
         sqlite_path(url)
     data = two_services() | {"metering": {"ledger": url}}
     [problem] = problems_of(data)
-    assert problem.startswith("metering.ledger: must be sqlite:///PATH: SQLite is the only ledger"), problem
+    assert problem.startswith("metering.ledger: must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB"), problem
     assert "pw" not in problem  # a URL's password is never repeated
+
+
+@pytest.mark.parametrize("url", ["postgresql://gw@db.internal:5432/gateway", "postgres://gw@10.0.0.5/gateway"])
+def test_a_postgresql_ledger_url_is_accepted(url):
+    config = parse_config(two_services() | {"metering": {"ledger": url}}, {})
+    assert config.metering.ledger == url
+
+
+def test_a_password_inside_a_postgresql_url_is_refused_without_repeating_it():
+    data = two_services() | {"metering": {"ledger": "postgresql://gw:s3cr3t-pw@db/gateway"}}
+    [problem] = problems_of(data)
+    assert "ledger_password_file" in problem and "s3cr3t" not in problem, problem
+
+
+def test_the_ledger_password_comes_from_a_file(tmp_path):
+    secret = tmp_path / "pg-password"
+    secret.write_text("s3cr3t-pw\n")
+    secret.chmod(0o600)
+    data = two_services() | {"metering": {"ledger": "postgresql://gw@db/gateway", "ledger_password_file": str(secret)}}
+    config = parse_config(data, {})
+    assert config.metering.ledger_password == "s3cr3t-pw"
+    assert "s3cr3t" not in repr(config.metering)
 
 
 # --- (c) key material: what the settler and the token verifier refused at start-up ---------------

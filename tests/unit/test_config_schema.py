@@ -20,6 +20,7 @@ from gateway.config.load import parse_config
 from gateway.config.nodes import Node
 from gateway.config.schema import config_schema
 from gateway.config.services import DYNAMIC_PRICE_KEYS, TOOL_PRICE_KEYS
+from gateway.config.x402 import EXTRA_KEYS as X402_EXTRA_KEYS
 from gateway.dev.process import REPO
 from tests.support.stack import base_config
 
@@ -50,13 +51,16 @@ def every_section(key_file: str) -> dict:
                 "upstream": "http://127.0.0.1:9000", "upstream_auth": {"type": "bearer", "token": "t"},
                 "timeout": "60s", "did": "did:nv:" + "ab" * 32, "hosts": ["elvis.example.com"], "owner": ADDR,
                 "open_endpoints": ["GET /health"],
-                "protected_endpoints": ["POST /query", {"endpoint": "POST /ask", "credits": 2},
+                "protected_endpoints": ["POST /query", {"endpoint": "POST /ask", "credits": 2, "x402": "0.05"},
                                         {"endpoint": "POST /sum", "credits": {"header": "X-C", "min": 1, "max": 9}}],
                 "plan": plan, "max_body": 1000,
                 "mcp": {"path": "/mcp", "tools": {"search": 2, "summarize": {"credits": 5}},
                         "default_tool_credits": 1, "max_batch": 10},
                 "cors": {"origins": ["https://app.example.com"], "allow_headers": ["X-A"],
                          "expose_headers": ["X-B"], "max_age": "10m"},
+                "x402": {"network": "eip155:31337", "asset": ADDR, "pay_to": ADDR, "price": "0.01", "decimals": 6,
+                         "extra": {"name": "USD Coin", "version": "2"}, "max_timeout": "60s",
+                         "facilitator_url": "https://facilitator.example.com"},
             },
             "basic": {"upstream": "http://127.0.0.1:9001",
                       "upstream_auth": {"type": "basic", "username": "u", "password": "p"}},
@@ -65,6 +69,10 @@ def every_section(key_file: str) -> dict:
         },
         "metering": {"ledger": "sqlite:///ledger.db", "operator_key": "0x" + "11" * 32, "settle_every": "30s",
                      "hold_margin": "60s"},
+        "oauth": {"enabled": True, "access_token_ttl": "1h", "refresh_token_ttl": "30d", "registration": True,
+                  "client_metadata_documents": True, "metadata_private_addresses": False,
+                  "clients": [{"client_id": "gpt", "secret": "s" * 32, "name": "GPT",
+                               "redirect_uris": ["https://chat.openai.com/aip/g-1/oauth/callback"]}]},
     }
 
 
@@ -103,6 +111,7 @@ def loader_keys(data: dict, monkeypatch) -> set[str]:
     # Two small mappings are read by value parsers, not through a Node: their declared keys.
     read |= {f"services.*.protected_endpoints[].credits.{k}" for k in DYNAMIC_PRICE_KEYS}
     read |= {f"services.*.mcp.tools.*.{k}" for k in TOOL_PRICE_KEYS}
+    read |= {f"services.*.x402.extra.{k}" for k in X402_EXTRA_KEYS}
     return read
 
 

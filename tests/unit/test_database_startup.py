@@ -9,7 +9,7 @@ import sqlite3
 
 from gateway.ledger.database import SqliteDatabase
 from gateway.ledger.sqlite import MIGRATIONS, SqliteLedger
-from gateway.auth.signin import open_auth
+from gateway.auth.state import auth_state
 
 PROCESSES = 4
 ROUNDS = 60
@@ -20,7 +20,7 @@ def _open_and_migrate(path: str, start: multiprocessing.Barrier, errors: multipr
         db = SqliteDatabase(path)
         try:
             await SqliteLedger(db).open()
-            await open_auth(db)
+            await auth_state(db).open()
         finally:
             await db.close()
 

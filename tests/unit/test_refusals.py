@@ -71,7 +71,7 @@ def test_the_402_is_built_from_the_error_and_the_scope(service):
     assert (problem.status, problem.code) == (402, "payment_required")
     plan = problem.extra["plan"]
     assert (plan["credits"], plan["balance"], plan["chain_id"], problem.extra["shortfall"]) == (2, 0, 31337, 3)
-    terms = json.loads(base64.b64decode(problem.headers["Payment-Required"], validate=True))
+    terms = json.loads(base64.b64decode(problem.headers["PAYMENT-REQUIRED"], validate=True))
     assert terms["resource"] == {"url": f"{BASE}/ask"}
     accepted = terms["accepts"][0]
     assert (accepted["scheme"], accepted["amount"], accepted["network"]) == ("erc1155-credits", "2", "eip155:31337")

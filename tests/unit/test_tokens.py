@@ -34,7 +34,8 @@ from gateway.auth.issuer import (
     public_key_to_jwk,
 )
 from gateway.http.problems import Problem, bearer_challenge
-from gateway.auth.revocation import RevocationList, RevocationsUnavailable, migrate_auth, revoke
+from gateway.auth.revocation import RevocationList, RevocationsUnavailable, revoke
+from gateway.auth.state import SqliteAuthState, auth_state
 from gateway.http.refusals import problem_for
 from gateway.auth.jwks import JWKS_REFETCH_INTERVAL
 from gateway.auth.tokens import Subscriber, TokenRejected, TokenVerifier
@@ -770,12 +771,13 @@ async def test_revocation_is_checked_on_every_call_cache_hits_included(tmp_path)
 @pytest_asyncio.fixture
 async def auth_db(tmp_path):
     db = SqliteDatabase(tmp_path / "auth.db")
-    await migrate_auth(db)
+    state = SqliteAuthState(db)
+    await state.open()
     reads = []
     real_run = db.run
     db.run = lambda fn: reads.append(1) or real_run(fn)  # count the revocation list's reads
-    db.reads = reads
-    yield db
+    state.reads = reads
+    yield state
     await db.close()
 
 
@@ -816,7 +818,7 @@ async def test_revocation_list_fails_closed_when_it_cannot_read(tmp_path):
     db = SqliteDatabase(tmp_path / "empty.db")  # no auth tables
     try:
         with pytest.raises(RevocationsUnavailable) as raised:
-            await RevocationList(db, refresh=1.0).is_revoked(SUB, "j", NOW)
+            await RevocationList(auth_state(db), refresh=1.0).is_revoked(SUB, "j", NOW)
         refusal = problem_for(raised.value)  # what the http layer answers (gateway.http.refusals)
         assert (refusal.status, refusal.code) == (503, "revocations_unavailable")
     finally:

@@ -1,0 +1,48 @@
+"""What a call costs per call in x402 terms: the `exact` `PaymentRequirements` of an endpoint.
+
+A service with `x402: {price}` sells every protected endpoint per call at that price, a rule's own
+`x402:` price overriding it; without a service-wide price, only rules with their own are sold. MCP tool calls are not sold per call (yet): their price depends on the tools
+named in the body.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+from x402.schemas import PaymentRequirements
+
+from gateway.config.model import EndpointRule, ServiceConfig
+
+SCHEME = "exact"
+SETTLE_MARGIN = 30  # seconds an authorization stays valid after the call's timeout
+
+
+def per_call_price(service: ServiceConfig, rule: EndpointRule | None) -> Decimal | None:
+    """The endpoint's price per call in tokens; None: not sold per call."""
+    if service.x402 is None or rule is None:
+        return None
+    if service.mcp is not None and rule is service.mcp.rule:
+        return None  # priced by tool, not by endpoint
+    return rule.x402 if rule.x402 is not None else service.x402.price
+
+
+def exact_offer(service: ServiceConfig, rule: EndpointRule | None) -> PaymentRequirements | None:
+    """The standard `exact` entry for this endpoint (EIP-3009: extra carries the EIP-712 domain)."""
+    price = per_call_price(service, rule)
+    if price is None:
+        return None
+    x = service.x402
+    assert x is not None
+    return PaymentRequirements(
+        scheme=SCHEME, network=x.network, asset=x.asset, amount=str(x.atomic(price)), pay_to=x.pay_to,
+        # Why the call's timeout + 30 s by default: the client signs an authorization valid this long,
+        # and it is settled only after the upstream answered (the SDK wants >= 6 s left then).
+        max_timeout_seconds=x.max_timeout or call_timeout(service) + SETTLE_MARGIN,
+        extra={"name": x.name, "version": x.version, "assetTransferMethod": "eip3009"},
+    )
+
+
+def call_timeout(service: ServiceConfig) -> int:
+    """Whole seconds a call may take (the credits entry's `maxTimeoutSeconds`: must be positive)."""
+    return max(1, math.ceil(service.timeout))
