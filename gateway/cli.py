@@ -195,13 +195,14 @@ def _token_revoke(args) -> int:
     if (args.jti is None) == (args.subscriber is None):
         print("give either a JTI or --subscriber 0xADDR", file=sys.stderr)
         return 2
-    config = _load(args.config)
-    if config is None:
+    # Why `metering` alone: revoking writes to the database; it needs none of the secrets serving needs.
+    metering = _load(args.config, load_metering)
+    if metering is None:
         return 1
     from gateway.auth.revocation import revoke_command
 
     try:
-        print(revoke_command(config, jti=args.jti, subscriber=address(args.subscriber) if args.subscriber else None))
+        print(revoke_command(metering, jti=args.jti, subscriber=address(args.subscriber) if args.subscriber else None))
     except ValueError as exc:
         print(f"bad argument: {exc}", file=sys.stderr)
         return 1

@@ -25,7 +25,7 @@ import structlog
 from eth_utils import to_checksum_address
 
 from gateway.auth.state import AuthState, auth_state
-from gateway.config.model import GatewayConfig
+from gateway.config.model import MeteringConfig
 from gateway.inflight import InFlight
 from gateway.ledger import LedgerUnavailable
 from gateway.ledger.backends import open_database
@@ -99,11 +99,14 @@ class RevocationList:
         self._loaded_at = started
 
 
-def revoke_command(config: GatewayConfig, *, jti: str | None, subscriber: str | None) -> str:
-    """`gateway token revoke`: record the revocation in the gateway's database; what to print."""
+def revoke_command(metering: MeteringConfig, *, jti: str | None, subscriber: str | None) -> str:
+    """`gateway token revoke`: record the revocation in the gateway's database; what to print.
+
+    Takes the `metering` section alone (`load_metering`): revoking needs the database, none of the
+    secrets serving needs."""
 
     async def run() -> float:
-        db = open_database(config.metering.ledger, config.metering.ledger_password, pool_size=1)
+        db = open_database(metering.ledger, metering.ledger_password, pool_size=1)
         try:
             return await revoke(auth_state(db), jti=jti, subscriber=subscriber)
         finally:
@@ -111,6 +114,6 @@ def revoke_command(config: GatewayConfig, *, jti: str | None, subscriber: str | 
 
     asyncio.run(run())
     what = f"token {jti}" if jti is not None else f"every token issued to {subscriber} until now"
-    return (f"revoked {what}; running gateways on {config.metering.ledger} refuse it "
-            f"within {config.tokens.revocation_refresh:g}s, and the OAuth grants it belongs to get no new "
-            f"token from their refresh tokens")
+    return (f"revoked {what}; running gateways on {metering.ledger} refuse it within their "
+            f"tokens.revocation_refresh (at once on a shared PostgreSQL ledger), and the OAuth grants "
+            f"it belongs to get no new token from their refresh tokens")

@@ -12,10 +12,6 @@ They are answered by the gateway and never forwarded upstream:
 
 from __future__ import annotations
 
-import base64
-import functools
-import hashlib
-import re
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -27,6 +23,7 @@ from gateway.credits.meter import Meter
 from gateway.auth.issuer import OwnIssuer
 from gateway.credits.prices import plan_document, price_of
 from gateway.x402.offers import exact_offer
+from gateway.http.own_pages import page_with_csp
 from gateway.http.problems import Problem
 from gateway.auth.signin import SignIn, parse_login_body
 from gateway.auth.signin_address import origin_of
@@ -39,19 +36,9 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 Handler = Callable[[web.Request, ServiceConfig], Awaitable[web.StreamResponse]]
 
 
-@functools.lru_cache(maxsize=1)  # read once per process, not on every config reload
 def _login_page() -> tuple[bytes, str]:
-    """The page, and a Content-Security-Policy that allows exactly its inline script and style."""
-    html = (Path(__file__).parent / "login_page.html").read_text(encoding="utf-8")
-
-    def digests(tag: str) -> str:
-        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S)
-        return " ".join("'sha256-%s'" % base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in blocks)
-
-    # Why this CSP: nothing but the page's own script and style runs, it talks only to this host,
-    # and no other site can frame it (clickjacking a wallet signature) or read its referrer.
-    csp = (f"default-src 'none'; script-src {digests('script')}; style-src {digests('style')}; "
-           "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    """The sign-in page, and its Content-Security-Policy (`gateway.http.own_pages`)."""
+    html, csp = page_with_csp(Path(__file__).parent / "login_page.html")
     return html.encode(), csp
 
 

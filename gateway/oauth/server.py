@@ -12,11 +12,7 @@ document, the consent and registration) pass the sign-in rate limit per client a
 
 from __future__ import annotations
 
-import base64
-import functools
-import hashlib
 import json
-import re
 import secrets
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +27,7 @@ from gateway.auth.signin_rate import SigninRateLimit
 from gateway.auth.siwe import split_uri
 from gateway.config.model import GatewayConfig, ServiceConfig
 from gateway.http import client_json
+from gateway.http.own_pages import page_with_csp
 from gateway.http.problems import Problem
 from gateway.http.public_url import public_base
 from gateway.http.upstream import read_bounded
@@ -45,19 +42,9 @@ from gateway.oauth.token import NO_STORE, TokenEndpoint, parse_form, token_hash
 BODY_LIMIT = 64 * 1024
 
 
-@functools.lru_cache(maxsize=1)
 def _page() -> tuple[str, str]:
-    html = (Path(__file__).parent / "authorize_page.html").read_text(encoding="utf-8")
-
-    def digests(tag: str) -> str:
-        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S)
-        return " ".join("'sha256-%s'" % base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in blocks)
-
-    # Why this CSP: only the page's own script and style run, it talks only to this host, no other
-    # site can frame it (clickjacking a consent) and the request's details never leak as a referrer.
-    csp = (f"default-src 'none'; script-src {digests('script')}; style-src {digests('style')}; "
-           "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-    return html, csp
+    """The consent page, and its Content-Security-Policy (`gateway.http.own_pages`)."""
+    return page_with_csp(Path(__file__).parent / "authorize_page.html")
 
 
 class OAuthServer:

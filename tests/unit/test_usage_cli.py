@@ -1,4 +1,4 @@
-"""`gateway usage` reads the ledger with the `metering` section alone (`load_metering`): the secrets
+"""`gateway usage` and `gateway token revoke` use the `metering` section alone (`load_metering`): the secrets
 serving needs (signing key file, upstream tokens) may be unset, as they are for an operator who only
 wants the ledger (issue 15, item 4)."""
 
@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from gateway.auth.state import auth_state
 from gateway.cli import main
 from gateway.config.load import ConfigError, load_config, load_metering
 from gateway.ledger import Account
@@ -90,3 +91,17 @@ def test_usage_on_a_broken_metering_section_says_so(tmp_path, capsys):
     path.write_text("metering: {ledger: 'redis://x'}\n")
     assert main(["usage", "--config", str(path)]) == 1
     assert "metering.ledger: must be sqlite:///PATH" in capsys.readouterr().err
+
+
+def test_token_revoke_records_with_metering_alone(config_file, tmp_path, capsys):
+    assert main(["token", "revoke", "jti-1", "--config", str(config_file)]) == 0
+    assert "revoked token jti-1" in capsys.readouterr().out
+
+    async def recorded() -> list:
+        db = SqliteDatabase(tmp_path / "state" / "ledger.db")
+        try:
+            return await auth_state(db).revocations_after(0)
+        finally:
+            await db.close()
+
+    assert [(jti, subscriber) for _, jti, subscriber, _ in asyncio.run(recorded())] == [("jti-1", None)]
