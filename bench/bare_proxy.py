@@ -26,6 +26,9 @@ import sys
 import aiohttp
 from aiohttp import web
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gateway.process.parent_death import die_with_parent  # noqa: E402
+
 
 def make_app(upstream: str) -> web.Application:
     app = web.Application(handler_args={"auto_decompress": False})
@@ -54,7 +57,7 @@ def make_app(upstream: str) -> web.Application:
 
 
 async def serve(sock: socket.socket, upstream: str, ready_fd: int) -> None:
-    runner = web.AppRunner(make_app(upstream), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(upstream), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     await web.SockSite(runner, sock, backlog=2048).start()
     os.write(ready_fd, b"r")
@@ -88,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     read_fd, write_fd = os.pipe()
     # Why block first: a SIGTERM between fork and the worker's handler would kill it half started.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    pids = []
+    pids, parent = [], os.getpid()
     for _ in range(args.workers):
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
+            die_with_parent(parent)  # never outlive the parent (a benchmark killed mid-run)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
             run_worker(sock, args.upstream.rstrip("/"), write_fd)
             os._exit(0)
