@@ -224,13 +224,17 @@ def _ledger_command(args) -> int:
             return 1
         print(usage_report(metering, args.service, subscriber))
         return 0
-    config = _load(args.config)
-    if config is None:
+    # Why these parts alone: resolving needs the ledger and the service's plan, not serving's secrets.
+    from gateway.config.sections import load_service_plan
+
+    loaded = _load(args.config, lambda path: load_service_plan(path, args.service))
+    if loaded is None:
         return 1
-    if args.service not in config.services:
-        print(f"no service {args.service!r}", file=sys.stderr)
+    try:
+        count = resolve_shortfall(*loaded, subscriber, args.note)
+    except ValueError as exc:
+        print(f"{args.service}: {exc}", file=sys.stderr)
         return 1
-    count = resolve_shortfall(config, args.service, subscriber, args.note)
     print(f"resolved {count} shortfall(s) of {subscriber} on {args.service}")
     return 0
 

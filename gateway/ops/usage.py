@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.config.model import GatewayConfig
-from gateway.config.model import MeteringConfig
+from gateway.config.model import MeteringConfig, PlanConfig
 from gateway.ledger import Account
 from gateway.ledger.backends import ledger_on, open_database
 from gateway.x402.usage import x402_usage_lines
@@ -41,10 +40,11 @@ def usage_report(metering: MeteringConfig, service: str | None, subscriber: str 
     return "\n".join(lines + x402)
 
 
-def resolve_shortfall(config: GatewayConfig, service_id: str, subscriber: str, note: str) -> int:
-    """Mark a subscriber's open shortfalls on a service's plan as settled off-chain; returns how many."""
-    plan = config.services[service_id].plan
-    if plan is None or plan.standard != "erc1155":
-        raise ValueError(f"service {service_id!r} has no credits plan")
-    account = Account(config.chains[plan.chain].chain_id, plan.contract, int(plan.token_id or 0), subscriber)
-    return asyncio.run(_with_ledger(config.metering, lambda ledger: ledger.resolve_shortfalls(account, note)))
+def resolve_shortfall(metering: MeteringConfig, plan: PlanConfig, chain_id: int, subscriber: str, note: str) -> int:
+    """Mark a subscriber's open shortfalls on a plan as settled off-chain; returns how many.
+
+    Takes what `gateway.config.sections.load_service_plan` reads: no whole config."""
+    if plan.standard != "erc1155":
+        raise ValueError("the service's plan is not a credits plan")
+    account = Account(chain_id, plan.contract, int(plan.token_id or 0), subscriber)
+    return asyncio.run(_with_ledger(metering, lambda ledger: ledger.resolve_shortfalls(account, note)))

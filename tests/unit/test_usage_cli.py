@@ -1,4 +1,4 @@
-"""`gateway usage` and `gateway token revoke` use the `metering` section alone (`load_metering`): the secrets
+"""`gateway usage`, `token revoke` and `shortfall resolve` read only the parts of the config they use: the secrets
 serving needs (signing key file, upstream tokens) may be unset, as they are for an operator who only
 wants the ledger (issue 15, item 4)."""
 
@@ -105,3 +105,34 @@ def test_token_revoke_records_with_metering_alone(config_file, tmp_path, capsys)
             await db.close()
 
     assert [(jti, subscriber) for _, jti, subscriber, _ in asyncio.run(recorded())] == [("jti-1", None)]
+
+
+async def _record_shortfall(path) -> None:
+    """A charge of 2 whose burn found 1 credit left on chain: a shortfall of 1 blocks the account."""
+    db = SqliteDatabase(path)
+    ledger = SqliteLedger(db)
+    try:
+        await ledger.open()
+        reservation = await ledger.reserve(ACCOUNT, "elvis", 2, 5, time.time(), "req-1", 60.0)
+        await ledger.charge(reservation, 2, 5, time.time())
+        group, = await ledger.pending_groups()
+        settlement = await ledger.record_settlement(group, 1, "0xop", 0, "0xa", "0xraw")
+        await ledger.mark_confirmed(settlement.id, 10)
+    finally:
+        await db.close()
+
+
+def test_shortfall_resolve_needs_the_plan_and_the_ledger_only(config_file, tmp_path, capsys):
+    asyncio.run(_record_shortfall(tmp_path / "state" / "ledger.db"))
+    args = ["shortfall", "resolve", "--service", "elvis", "--subscriber", SUBSCRIBER, "--note", "paid by invoice",
+            "--config", str(config_file)]
+    assert main(args) == 0
+    assert f"resolved 1 shortfall(s) of {SUBSCRIBER} on elvis" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "resolved 0 shortfall(s)" in capsys.readouterr().out  # nothing left open
+
+
+def test_shortfall_resolve_on_an_unknown_service_says_so(config_file, capsys):
+    assert main(["shortfall", "resolve", "--service", "nope", "--subscriber", SUBSCRIBER, "--note", "x",
+                 "--config", str(config_file)]) == 1
+    assert "services.nope.plan: no such service, or it has no plan" in capsys.readouterr().err
