@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal, Mapping
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
@@ -158,6 +159,8 @@ class McpConfig:
     tools: Mapping[str, int]              # tool name -> credits per call
     default_tool_credits: int             # a tool not listed in `tools`
     max_batch: int = 100                  # JSON-RPC messages in one POST; more is 400 before any pricing
+    # tool name -> its x402 price per call, in tokens (a tool not listed: the service's `x402.price`)
+    tool_x402: Mapping[str, Decimal] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)

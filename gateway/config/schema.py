@@ -113,7 +113,9 @@ def _endpoint_rules(with_price: bool) -> dict:
 
 
 def _service() -> dict:
-    tool_price = _object({key: _integer(0) for key in TOOL_PRICE_KEYS}, TOOL_PRICE_KEYS)
+    tool_price = _object(dict(zip(TOOL_PRICE_KEYS, (_integer(0), X402_PRICE))), (),
+                         "credits per call, and the x402 price per call (in tokens) that also sells it")
+    tool_price["minProperties"] = 1
     return _object({
         "upstream": _string("the service's URL: scheme://host[:port][/base]", r"https?://\S+"),
         "upstream_auth": _object({
@@ -141,7 +143,7 @@ def _service() -> dict:
         "mcp": _object({
             "path": _string("a literal path such as /mcp"),
             "tools": {"type": "object", "additionalProperties": {"anyOf": [_integer(0), tool_price]},
-                      "description": "tool name -> credits per call"},
+                      "description": "tool name -> credits per call, or {credits, x402}"},
             "default_tool_credits": _integer(0),
             "max_batch": _integer(1, 10_000, f"JSON-RPC messages per POST (default {McpConfig.max_batch})"),
         }),

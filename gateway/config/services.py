@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import re
+from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -28,12 +29,12 @@ from gateway.config.model import (
 from gateway.config.nodes import Node
 from gateway.config.rules import RuleError, compile_rule
 from gateway.config.secret_files import inline_or_file
-from gateway.config.x402 import check_rules, parse_x402
+from gateway.config.x402 import check_rules, check_tools, parse_x402
 from gateway.config.x402 import price as x402_price
 
 # The keys of the two mappings read without a `Node` (also declared by `gateway.config.schema`).
 DYNAMIC_PRICE_KEYS = ("header", "min", "max")    # credits: {header, min, max}
-TOOL_PRICE_KEYS = ("credits",)                   # mcp.tools.NAME: {credits: N}
+TOOL_PRICE_KEYS = ("credits", "x402")           # mcp.tools.NAME: {credits: N, x402: "0.05"}
 
 
 def parse_services(
@@ -68,6 +69,7 @@ def parse_services(
             x402=parse_x402(s.child("x402"), chains),
         )
         check_rules(s, protected, service.x402)
+        check_tools(s, service.mcp, service.x402)
         # Why: a protected endpoint without a plan could never be paid for; refuse the config.
         if protected and plan_node is None:
             problems.append(f"{s.at('plan')}: required when protected_endpoints are listed")
@@ -132,7 +134,8 @@ _MCP_PATH = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+")
 
 
 def _mcp(m: Node | None, plan: PlanConfig | None) -> McpConfig | None:
-    """`mcp: {path: /mcp, tools: {search: 2, summarize: {credits: 5}}, default_tool_credits: 1, max_batch: 100}`."""
+    """`mcp: {path: /mcp, tools: {search: 2, summarize: {credits: 5, x402: "0.05"}}, default_tool_credits: 1,
+    max_batch: 100}`: a tool's `x402` price also sells it per call (gateway.x402.mcp)."""
     if m is None:
         return None
     path = m.get("path", _mcp_path, "/mcp")
@@ -143,8 +146,10 @@ def _mcp(m: Node | None, plan: PlanConfig | None) -> McpConfig | None:
     if path is None or tools is None or default is None or max_batch is None:
         return None
     rule = EndpointRule(source=f"mcp {path}", methods=None, pattern=re.compile(re.escape(path)))
-    return McpConfig(path=path, rule=rule, tools=MappingProxyType(tools), default_tool_credits=default,
-                     max_batch=max_batch)
+    credits = {name: c for name, (c, _) in tools.items() if c is not None}
+    per_call = {name: p for name, (_, p) in tools.items() if p is not None}
+    return McpConfig(path=path, rule=rule, tools=MappingProxyType(credits), default_tool_credits=default,
+                     max_batch=max_batch, tool_x402=MappingProxyType(per_call))
 
 
 def _mcp_path(raw: Any) -> str:
@@ -157,19 +162,26 @@ def _mcp_path(raw: Any) -> str:
     return path
 
 
-def _tool_prices(raw: Any) -> dict[str, int]:
+def _tool_prices(raw: Any) -> dict[str, tuple[int | None, Decimal | None]]:
+    """Tool name -> (credits, x402 price per call); None: not given (the defaults apply)."""
     if not isinstance(raw, Mapping):
-        raise ValueError("must map tool names to credits (search: 2, or summarize: {credits: 5})")
-    prices = {}
+        raise ValueError('must map tool names to credits (search: 2, or summarize: {credits: 5, x402: "0.05"})')
+    prices: dict[str, tuple[int | None, Decimal | None]] = {}
     for name, price in raw.items():
+        credits, per_call = price, None
         if isinstance(price, Mapping):
-            if set(price) != set(TOOL_PRICE_KEYS):
-                raise ValueError(f"tool {name!r}: only {{credits: N}} is allowed")
-            price = price["credits"]
+            if not price or set(price) - set(TOOL_PRICE_KEYS):
+                raise ValueError(f"tool {name!r}: only {{credits: N, x402: PRICE}} is allowed")
+            credits, per_call = price.get("credits"), price.get("x402")
         try:
-            prices[str(name)] = v.integer(0)(price)
+            credits = None if credits is None else v.integer(0)(credits)
         except ValueError as exc:
             raise ValueError(f"tool {name!r}: credits {exc}") from None
+        try:
+            per_call = None if per_call is None else x402_price(per_call)
+        except ValueError as exc:
+            raise ValueError(f"tool {name!r}: x402 {exc}") from None
+        prices[str(name)] = (credits, per_call)
     return prices
 
 

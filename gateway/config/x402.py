@@ -3,6 +3,7 @@
     x402: {network: eip155:31337, asset: 0x.., pay_to: 0x.., price: "0.01" (optional), decimals: 6,
            extra: {name: USD Coin, version: "2"}, max_timeout: 60s, facilitator_url: https://..}
     protected_endpoints: [{endpoint: "POST /ask", x402: "0.05"}]
+    mcp: {tools: {search: {credits: 2, x402: "0.05"}}}
 
 Every problem is reported with its YAML path (the caller's `Node` collects them).
 """
@@ -14,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
 from gateway.config import values as v
-from gateway.config.model import ChainConfig, EndpointRule, ServiceConfig, X402Config
+from gateway.config.model import ChainConfig, EndpointRule, McpConfig, ServiceConfig, X402Config
 from gateway.config.nodes import Node
 
 _NETWORK = re.compile(r"eip155:([1-9][0-9]{0,18})")
@@ -80,6 +81,16 @@ def check_rules(s: Node, rules: tuple[EndpointRule, ...], config: X402Config | N
             s.problems.append(f"{at}.x402: the service has no `x402` (network, asset, pay_to) to price it in")
         else:
             check_price(Node({}, at, s.problems), "x402", config, rule.x402)
+
+
+def check_tools(s: Node, mcp: McpConfig | None, config: X402Config | None) -> None:
+    """MCP tools' per-call prices need the service's `x402` (the token, the payee) and fit its decimals."""
+    for name, value in (mcp.tool_x402.items() if mcp is not None else ()):
+        at = f"{s.at('mcp')}.tools.{name}"
+        if config is None:
+            s.problems.append(f"{at}.x402: the service has no `x402` (network, asset, pay_to) to price it in")
+        else:
+            check_price(Node({}, at, s.problems), "x402", config, value)
 
 
 def _whole_seconds(value: float | None) -> int | None:

@@ -9,7 +9,8 @@ when it is compressed), priced, and forwarded as the very bytes the client sent:
 
 - `tools/call`: the tool's credits (`tools`, else `default_tool_credits`); a batch is the sum;
 - everything else (`initialize`, `server/discover`, `tools/list`, `ping`, notifications,
-  responses to the server's requests, resources and prompts): free, but still authenticated.
+  responses to the server's requests, resources and prompts): free, but still authenticated
+  (except where tools are also sold per call with x402: gateway.http.mcp_payments).
 
 A batch holds at most `max_batch` messages (default 100; more is 400 before any pricing).
 Refusals of a priced call are JSON-RPC error objects (same HTTP status and headers), so that an
@@ -31,6 +32,7 @@ from gateway.config.model import GatewayConfig, McpConfig, Price, ServiceConfig
 from gateway.http.problems import Problem
 from gateway.http.routing import Decision, lax_form
 from gateway.http.upstream import decoded, read_raw
+from gateway.x402.offers import exact_offer, offer_at, sells_tools
 
 TOOLS_CALL = "tools/call"
 FREE_METHODS = frozenset({"GET", "HEAD", "DELETE"})  # no JSON-RPC request in them: no tool runs
@@ -65,6 +67,7 @@ class McpCall:
     tools: tuple[str, ...]          # tools called, in order (for logs)
     ids: tuple[Any, ...]            # ids of the JSON-RPC requests in the body
     batch: bool
+    single: Any = None              # the message of a body that is one message (not a batch)
 
 
 FREE = McpCall(None, Price(fixed=0), (), (), False)
@@ -106,7 +109,8 @@ def price_messages(mcp: McpConfig, body: bytes, messages: list[Any], batch: bool
             tools.append(name if isinstance(name, str) else "?")
             credits += mcp.tools.get(name, mcp.default_tool_credits) if isinstance(name, str) \
                 else mcp.default_tool_credits
-    return McpCall(body, Price(fixed=credits), tuple(tools), tuple(ids), batch)
+    return McpCall(body, Price(fixed=credits), tuple(tools), tuple(ids), batch,
+                   messages[0] if not batch and messages else None)
 
 
 def parse_messages(body: bytes) -> tuple[list[Any], bool]:
@@ -147,4 +151,11 @@ def offer(service: ServiceConfig) -> dict[str, Any] | None:
     if mcp is None:
         return None
     # Only tools/call is priced; every other method is free (with a valid token).
-    return {"path": mcp.path, "tools": dict(mcp.tools), "default_tool_credits": mcp.default_tool_credits}
+    doc = {"path": mcp.path, "tools": dict(mcp.tools), "default_tool_credits": mcp.default_tool_credits}
+    if sells_tools(service):  # the `exact` terms of tools also sold per call (x402 in the tool call)
+        terms = {name: exact_offer(service, None, name) for name in mcp.tool_x402}
+        doc["x402"] = {name: t.model_dump(by_alias=True, exclude_none=True) for name, t in terms.items() if t}
+        default = service.x402.price if service.x402 else None
+        if default is not None:  # every other tool, at the service's price
+            doc["default_tool_x402"] = offer_at(service, default).model_dump(by_alias=True, exclude_none=True)
+    return doc

@@ -2,8 +2,9 @@
 
 route -> normalize -> classify -> CORS (a preflight is answered here) -> the gateway's own
 answers (/.gateway/*, discovery documents) -> deny what is not exposed -> authenticate (or accept
-an x402 per-call payment) -> price (an MCP call: by its tools) -> reserve credits -> forward ->
-charge or settle (on the status line) -> relay.
+an x402 per-call payment: in a header, or in an MCP tool call's `_meta`) -> price (an MCP call: by
+its tools) -> reserve credits -> forward -> charge or settle (on the status line; a paid MCP tool
+call: on its result, read first) -> relay.
 
 What is learnt on the way is kept in one `Scope`; every refusal is raised (a `Problem`, or a
 domain error of the layers below) and answered in one place (`refusals.answer`); one access-log
@@ -14,13 +15,12 @@ from __future__ import annotations
 
 import time
 
-import structlog
 from aiohttp import web
 
 from gateway.auth.tokens import TokenMissing, TokenVerifier
 from gateway.config.model import GatewayConfig, ServiceConfig
 from gateway.credits.meter import Meter
-from gateway.http import cors, mcp, refusals
+from gateway.http import cors, mcp, mcp_payments, refusals
 from gateway.http.headers import upstream_request_headers
 from gateway.http.own_endpoints import GatewayEndpoints
 from gateway.http.plugin_documents import PluginDocuments
@@ -32,8 +32,6 @@ from gateway.http.upstream import Handover, Upstream, carried_through, target_ur
 from gateway.http.websocket import is_websocket, proxy_websocket
 from gateway.ops.observability import Metrics, log_request
 from gateway.x402.payments import PAYMENT_SIGNATURE, X402Payments
-
-log = structlog.get_logger("gateway.access")
 
 
 def classify_call(service: ServiceConfig, method: str, path: str) -> Decision:
@@ -101,8 +99,10 @@ class Pipeline:
                           f"{request.method} {scope.path} is not exposed by {service.id}")
         if decision.kind == "protected":
             await self._admit(request, scope, service, decision)
-            if scope.payment is None and scope.subscriber != service.owner:  # the owner's calls are free
-                scope.priced(await mcp.read_call(request, service, decision))  # MCP: by its tools
+            # Nothing to hold: paid per call, the owner's own call, or (no subscriber) free MCP.
+            if scope.payment is None and scope.subscriber is not None and scope.subscriber != service.owner:
+                if scope.call is None:  # (read already where MCP tools are also sold per call)
+                    scope.priced(await mcp.read_call(request, service, decision))  # MCP: by its tools
                 price = scope.call.price if scope.call else None  # else the rule's
                 scope.hold = await self.meter.reserve(service, decision.rule, scope.subscriber, scope.request_id,
                                                       price=price)
@@ -113,7 +113,11 @@ class Pipeline:
         log_request(vars(line))  # the access-log line (JSON: rendered directly, see observability)
 
     async def _admit(self, request: web.Request, scope: Scope, service: ServiceConfig, decision: Decision) -> None:
-        """An x402 payment (an endpoint sold per call), or else a subscriber's token."""
+        """An x402 payment (an endpoint or MCP tool sold per call), or else a subscriber's token."""
+        if self.x402 is not None and scope.on_mcp_path and self.x402.sells_tools(service):
+            # Tools sold per call: the body says what runs and whether it is paid (mcp_payments).
+            if await mcp_payments.admit(self.x402, request, scope, service, decision):
+                return
         offer = self.x402.sells(service, decision.rule) if self.x402 is not None else None
         payment = request.headers.get(PAYMENT_SIGNATURE) if offer is not None else None
         if payment is not None:
@@ -159,6 +163,8 @@ class Pipeline:
                 trusted_proxies=self.config.trusted_proxies,
             )
             url = target_url(service, scope.path, scope.query)
+            if scope.sale is not None and scope.payment is not None and scope.call is not None:
+                mcp_payments.prepare(headers, scope.call.body or b"")  # forwarded without the payment
             if is_websocket(request):
                 return await proxy_websocket(request, self.upstream.session, url, headers, service.timeout,
                                              on_open=lambda: self._charge(scope, 200, {}))
@@ -177,6 +183,8 @@ class Pipeline:
         strip = frozenset({hold.price.header.lower()}) if hold and hold.price.is_dynamic else frozenset()
         cors_headers, cors_strip = cors.relay_headers(scope.cors, upstream.headers)
         extra = {"X-Request-Id": scope.request_id, **credit_headers, **cors_headers}
+        if isinstance(upstream, mcp_payments.ReadAnswer):  # a paid tool call: read to settle it
+            return upstream.response(extra, strip | cors_strip)
         return await self.upstream.relay(request, upstream, extra, strip | cors_strip)
 
     async def _send_and_charge(self, request: web.Request, scope: Scope, url, headers, handover: Handover):
@@ -186,6 +194,9 @@ class Pipeline:
         handover.done = True  # the upstream answered: whatever it did is done
         scope.log.upstream_status = upstream.status
         try:
+            if scope.sale is not None and scope.payment is not None:  # settled on the tool's result
+                assert self.x402 is not None
+                return await mcp_payments.finish(self.x402, scope, upstream), {}
             return upstream, await self._charge(scope, upstream.status, upstream.headers)
         except BaseException:
             upstream.release()

@@ -27,7 +27,8 @@ official SDK's model accepts (README, "The 402 answer"):
                  <the standard `exact` entry (gateway.x402.offers) where the endpoint is sold per call>]}
 
 A 402 about a per-call payment (`gateway.x402.errors`) has the same shape, its own code, and may
-carry a `PAYMENT-RESPONSE` (a failed settlement).
+carry a `PAYMENT-RESPONSE` (a failed settlement). For an MCP tool call sold per call, the same
+`PaymentRequired` is answered as x402's MCP transport says: in a tool result (`_tool_result`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from gateway.http.scope import Scope
 from gateway.ledger import LedgerUnavailable
 from gateway.x402.errors import (FacilitatorUnavailable, PaymentMalformed, PaymentNeeded, PaymentRejected,
                                  SettlementFailed)
+from gateway.x402.mcp import payment_required_result
 from gateway.x402.offers import call_timeout, exact_offer
 
 log = structlog.get_logger("gateway.access")
@@ -145,6 +147,8 @@ def answer(error: BaseException, scope: Scope) -> web.Response:
     if problem.status == 401 and scope.on_mcp_path and problem.headers.get("WWW-Authenticate"):
         problem = _with_resource_metadata(problem, scope)
     row = refusal_of(error)
+    if scope.sale is not None and isinstance(error, NotCovered):
+        return _tool_result(problem, scope)  # x402's MCP transport: the terms in a tool result
     call = scope.call
     if call is not None and call.ids and row is not None and row.priced:
         return _jsonrpc(problem, call, scope.request_id)  # an MCP client shows the reason
@@ -188,7 +192,10 @@ def _terms(problem: Problem, plan: dict[str, Any], scope: Scope) -> dict[str, An
         "maxTimeoutSeconds": call_timeout(service) if service else 60,
         "extra": extra,
     }]
-    offer = exact_offer(service, scope.decision.rule if scope.decision else None) if service else None
+    if scope.sale is not None:  # an MCP tool sold per call: its own price
+        offer = scope.sale.offer
+    else:
+        offer = exact_offer(service, scope.decision.rule if scope.decision else None) if service else None
     if offer is not None:
         accepts.append(offer.model_dump(by_alias=True, exclude_none=True))
     return {"x402Version": 2, "error": problem.detail, "resource": {"url": scope.base + scope.path},
@@ -206,6 +213,18 @@ def _with_resource_metadata(problem: Problem, scope: Scope) -> Problem:
                  f'resource_metadata="{scope.base}{METADATA_PATH}{scope.service.mcp.path}"')
     return Problem(problem.status, problem.code, problem.detail, extra=problem.extra,
                    headers={**problem.headers, "WWW-Authenticate": challenge})
+
+
+def _tool_result(problem: Problem, scope: Scope) -> web.Response:
+    """A refused tool call sold per call, as x402's MCP transport answers it: HTTP 200 with a
+    JSON-RPC result (isError, the `PaymentRequired` as structuredContent and as text), the
+    problem in its `_meta` and the x402 headers as on a 402. Why not a JSON-RPC error: x402 MCP
+    clients look for the terms in a tool result, and pay from there."""
+    assert scope.sale is not None
+    terms = _terms(problem, problem.extra["plan"], scope)
+    body = payment_required_result(scope.sale, terms, problem_body(problem, scope.request_id))
+    return web.Response(status=200, body=json.dumps(body).encode(), content_type="application/json",
+                        headers={"X-Request-Id": scope.request_id, **problem.headers})
 
 
 def _jsonrpc(problem: Problem, call: McpCall, request_id: str) -> web.Response:

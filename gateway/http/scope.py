@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.credits.meter import Hold
     from gateway.http.mcp import McpCall  # noqa: F401 - a type only
     from gateway.http.routing import Decision
+    from gateway.x402.mcp import ToolSale
     from gateway.x402.payments import Accepted
 
 
@@ -49,7 +50,8 @@ class Scope:
     public base URL the client used (`public_url.public_base`); `cors` the CORS headers of the
     answer (None: the service has no `cors`); `call` the MCP call when the body was read and
     priced; `hold` the credits held for the call (None: nothing metered); `payment` the x402
-    per-call payment accepted for it (None: not paid per call)."""
+    per-call payment accepted for it (None: not paid per call); `sale` the MCP tool call sold per
+    call with x402 (None: not one; its refusals are answered as tool results)."""
 
     request_id: str
     raw_path: str
@@ -64,6 +66,7 @@ class Scope:
     call: McpCall | None = None
     cors: dict[str, str] | None = None
     payment: Accepted | None = None
+    sale: ToolSale | None = None
 
     @classmethod
     def of(cls, request: web.Request) -> Scope:

@@ -13,6 +13,8 @@ remote facilitator's `/settle`), answering with `PAYMENT-RESPONSE`.
 - `facilitators`: verify / settle / read `authorizationState`: self-facilitated (the SDK's facilitator
   scheme on a web3 signer, run on threads) or remote (the SDK's HTTP facilitator client).
 - `payments`: the request path (accept -> forward -> settle or void) and the reconcile on start-up.
+- `mcp`: x402's MCP transport (payment in a tool call's `_meta`, terms and settlement in its
+  result): which calls are sold, and reading / rewriting the answer (used by gateway.http.mcp_payments).
 
 May import: gateway.config, gateway.ledger (the database), gateway.credits.prices (a 402 about
 paying per call still shows the plan), gateway.ops.crash_points, and the `x402` SDK (web3 through

@@ -1,8 +1,9 @@
 """What a call costs per call in x402 terms: the `exact` `PaymentRequirements` of an endpoint.
 
 A service with `x402: {price}` sells every protected endpoint per call at that price, a rule's own
-`x402:` price overriding it; without a service-wide price, only rules with their own are sold. MCP tool calls are not sold per call (yet): their price depends on the tools
-named in the body.
+`x402:` price overriding it; without a service-wide price, only rules with their own are sold. On
+the MCP path the price is per tool (`tool_price`): a tool's own `x402:` price, else the service's
+(gateway.x402.mcp sells it).
 """
 
 from __future__ import annotations
@@ -27,11 +28,29 @@ def per_call_price(service: ServiceConfig, rule: EndpointRule | None) -> Decimal
     return rule.x402 if rule.x402 is not None else service.x402.price
 
 
-def exact_offer(service: ServiceConfig, rule: EndpointRule | None) -> PaymentRequirements | None:
-    """The standard `exact` entry for this endpoint (EIP-3009: extra carries the EIP-712 domain)."""
-    price = per_call_price(service, rule)
-    if price is None:
+def tool_price(service: ServiceConfig, tool: str) -> Decimal | None:
+    """An MCP tool's price per call in tokens; None: not sold per call (the token's credits only)."""
+    if service.x402 is None or service.mcp is None:
         return None
+    return service.mcp.tool_x402.get(tool, service.x402.price)
+
+
+def sells_tools(service: ServiceConfig) -> bool:
+    """Whether some MCP tool of the service may be paid per call."""
+    return service.x402 is not None and service.mcp is not None and (
+        service.x402.price is not None or bool(service.mcp.tool_x402))
+
+
+def exact_offer(service: ServiceConfig, rule: EndpointRule | None, tool: str | None = None
+                ) -> PaymentRequirements | None:
+    """The standard `exact` entry for this endpoint, or for this MCP tool (EIP-3009: extra carries
+    the EIP-712 domain)."""
+    price = per_call_price(service, rule) if tool is None else tool_price(service, tool)
+    return offer_at(service, price) if price is not None else None
+
+
+def offer_at(service: ServiceConfig, price: Decimal) -> PaymentRequirements:
+    """The `exact` entry at `price` (tokens) in the service's token, to its payee."""
     x = service.x402
     assert x is not None
     return PaymentRequirements(

@@ -25,7 +25,7 @@ from gateway.ops.crash_points import crash_point
 from gateway.x402.errors import (FacilitatorUnavailable, PaymentMalformed, PaymentNeeded, PaymentRejected,
                                  SettlementFailed)
 from gateway.x402.facilitators import Facilitator
-from gateway.x402.offers import exact_offer
+from gateway.x402.offers import exact_offer, sells_tools
 from gateway.x402.store import AlreadySeen, Payment, Row, X402Store
 
 log = structlog.get_logger("gateway.x402")
@@ -67,8 +67,21 @@ class X402Payments:
         """The `exact` offer of this endpoint when it is sold per call and can be settled."""
         return exact_offer(service, rule) if service.id in self.facilitators else None
 
-    def needed(self, service: ServiceConfig, rule: EndpointRule | None, message: str) -> PaymentNeeded:
-        return PaymentNeeded(message, service, *self._plan_terms(service, rule))
+    def sells_tool(self, service: ServiceConfig, tool: str) -> PaymentRequirements | None:
+        """The `exact` offer of an MCP tool when it is sold per call and can be settled."""
+        return exact_offer(service, None, tool) if service.id in self.facilitators else None
+
+    def sells_tools(self, service: ServiceConfig) -> bool:
+        """Whether some MCP tool of the service is sold per call (and can be settled)."""
+        return service.id in self.facilitators and sells_tools(service)
+
+    def rejected(self, reason: str, message: str, service: ServiceConfig, credits: int) -> PaymentRejected:
+        """A payment that does not pay for an MCP tool call (`credits`: what the tool costs in credits)."""
+        return PaymentRejected(reason, message, service, *self._plan_terms(service, None, credits))
+
+    def needed(self, service: ServiceConfig, rule: EndpointRule | None, message: str,
+               credits: int | None = None) -> PaymentNeeded:
+        return PaymentNeeded(message, service, *self._plan_terms(service, rule, credits))
 
     async def accept(self, header: str, service: ServiceConfig, rule: EndpointRule | None,
                      offer: PaymentRequirements, request_id: str) -> Accepted:
@@ -79,6 +92,11 @@ class X402Payments:
             raise PaymentMalformed(f"PAYMENT-SIGNATURE is not an x402 payment payload: {type(exc).__name__}") from None
         if not isinstance(payload, PaymentPayload):
             raise PaymentMalformed("PAYMENT-SIGNATURE must be x402 version 2")
+        return await self.accept_payload(payload, service, rule, offer, request_id)
+
+    async def accept_payload(self, payload: PaymentPayload, service: ServiceConfig, rule: EndpointRule | None,
+                             offer: PaymentRequirements, request_id: str) -> Accepted:
+        """`accept` of a decoded payload (an MCP tool call carries it in `_meta`, not in a header)."""
         if payload.accepted.scheme != offer.scheme or payload.accepted.network != offer.network:
             # Why: the facilitator checks a payment against OUR offer only; another scheme or chain
             # is not something this endpoint sells.
@@ -123,15 +141,27 @@ class X402Payments:
     async def complete(self, accepted: Accepted, status: int, service: ServiceConfig,
                        rule: EndpointRule | None) -> dict[str, str]:
         """On the upstream's status line: settle a 2xx (its PAYMENT-RESPONSE), void anything else."""
-        accepted.done = True
         if not 200 <= status < 300:
             # Why: the payer pays for answers, not attempts (as credits: a non-2xx is not charged).
-            await self.store.mark(accepted.id, ("accepted",), "void", error=f"upstream answered {status}")
+            await self.void(accepted, f"upstream answered {status}")
             return {}
+        result = await self.settle(accepted, service, rule)
+        return {PAYMENT_RESPONSE: encode_payment_response_header(result)} if result is not None else {}
+
+    async def void(self, accepted: Accepted, why: str) -> None:
+        """The call was answered but not served (an error): not settled, the payer keeps the money."""
+        accepted.done = True
+        await self.store.mark(accepted.id, ("accepted",), "void", error=why)
+
+    async def settle(self, accepted: Accepted, service: ServiceConfig, rule: EndpointRule | None
+                     ) -> SettleResponse | None:
+        """Settle a served call: its settlement (None: pending, the reconciler finishes it), or
+        SettlementFailed when the authorization can no longer pay."""
+        accepted.done = True
         if not await self.store.mark(accepted.id, ("accepted",), "owed"):
             # Why not settle: the reconciler already voided it (the call outlived timeout + margin).
             log.warning("x402_payment_voided_before_answer", payment=accepted.id)
-            return {}
+            return None
         crash_point("x402_owed")  # recorded as owed, transfer not yet submitted
         try:
             result = await self.facilitators[accepted.service].settle(accepted.payload, accepted.requirements)
@@ -139,17 +169,17 @@ class X402Payments:
             # Why relay the answer anyway: the payer signed for this call and the reconciler settles
             # it from the chain's truth (exactly once); the caller gets no PAYMENT-RESPONSE.
             log.warning("x402_settlement_pending", payment=accepted.id, error=str(exc))
-            return {}
+            return None
         if result.success:
             crash_point("x402_sent")  # the transfer is mined, the row still says owed
             await self.store.mark(accepted.id, ("owed",), "settled", tx_hash=result.transaction)
-            return {PAYMENT_RESPONSE: encode_payment_response_header(result)}
+            return result
         reason = result.error_reason or "settlement_failed"
         if not definitive(reason):
             # Why relay and keep it owed: the transaction failed for a reason of ours (operator
             # nonce, gas, RPC), not the payer's; the reconciler retries while the window is open.
             log.warning("x402_settlement_pending", payment=accepted.id, reason=reason)
-            return {}
+            return None
         # Why a loss and no retry: the authorization cannot pay any more (nonce used, expired,
         # funds moved away); retrying forever would not change that.
         await self.store.mark(accepted.id, ("owed",), "lost", error=reason)
@@ -233,7 +263,9 @@ class X402Payments:
     def _reject(self, reason: str, message: str, service: ServiceConfig, rule: EndpointRule | None):
         raise PaymentRejected(reason, message, service, *self._plan_terms(service, rule))
 
-    def _plan_terms(self, service: ServiceConfig, rule: EndpointRule | None) -> tuple[int, int, None]:
+    def _plan_terms(self, service: ServiceConfig, rule: EndpointRule | None,
+                    credits: int | None = None) -> tuple[int, int, None]:
         """(chain_id, credits needed, balance unknown): the plan part of a 402 about paying per call."""
         chain = self.config.chains.get(service.plan.chain) if service.plan else None
-        return chain.chain_id if chain else 0, price_of(service, rule).reserve, None
+        needed = price_of(service, rule).reserve if credits is None else credits
+        return chain.chain_id if chain else 0, needed, None

@@ -52,7 +52,11 @@ def test_parse_messages_keeps_a_single_message_single():
     ({"path": "/a/../mcp"}, "services.elvis.mcp.path: must be a literal path"),
     ({"path": "/.well-known/mcp"}, "services.elvis.mcp.path: must not be under"),
     ({"tools": {"search": -1}}, "services.elvis.mcp.tools: tool 'search': credits must be >= 0"),
-    ({"tools": {"search": {"credit": 2}}}, "services.elvis.mcp.tools: tool 'search': only {credits: N}"),
+    ({"tools": {"search": {"credit": 2}}}, "services.elvis.mcp.tools: tool 'search': only {credits: N, x402: PRICE}"),
+    ({"tools": {"search": {}}}, "services.elvis.mcp.tools: tool 'search': only {credits: N, x402: PRICE}"),
+    ({"tools": {"search": {"x402": "-1"}}}, "services.elvis.mcp.tools: tool 'search': x402 must be a positive price"),
+    ({"tools": {"search": {"x402": "0.05"}}},
+     "services.elvis.mcp.tools.search.x402: the service has no `x402` (network, asset, pay_to) to price it in"),
     ({"tools": ["search"]}, "services.elvis.mcp.tools: must map tool names to credits"),
     ({"prices": {}}, "services.elvis.mcp.prices: unknown key"),
 ])
