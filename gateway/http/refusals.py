@@ -128,7 +128,13 @@ def problem_for(error: BaseException, scope: Scope | None = None) -> Problem:
     if row is None:
         return Problem(500, "internal_error", "unexpected gateway error")
     if isinstance(error, NotCovered):
-        return payment_required(error, scope)
+        problem = payment_required(error, scope)
+        if isinstance(error, PaymentNeeded):
+            # Why a challenge on this 402: no credentials came, and a subscriber's token would do as
+            # well as a payment; a client that signs in (OAuth discovery) starts from this header
+            # (RFC 9110 §11.6.1: it may accompany any status).
+            problem.headers["WWW-Authenticate"] = bearer_challenge(error.service.id)
+        return problem
     detail = row.detail or str(error)
     headers = {}
     if row.challenge is not None and isinstance(error, TokenRejected):
@@ -144,7 +150,7 @@ def answer(error: BaseException, scope: Scope) -> web.Response:
         log.exception("unhandled_error", request_id=scope.request_id)
     problem = problem_for(error, scope)
     scope.log.code = problem.code
-    if problem.status == 401 and scope.on_mcp_path and problem.headers.get("WWW-Authenticate"):
+    if problem.status in (401, 402) and scope.on_mcp_path and problem.headers.get("WWW-Authenticate"):
         problem = _with_resource_metadata(problem, scope)
     row = refusal_of(error)
     if scope.sale is not None and isinstance(error, NotCovered):

@@ -22,6 +22,7 @@ from gateway.credits.meter import InsufficientCredits
 from gateway.http import refusals
 from gateway.http.routing import Decision
 from gateway.http.scope import Scope
+from gateway.x402.errors import PaymentNeeded
 from tests.support.stack import HOST, base_config
 
 BASE = f"http://{HOST}"
@@ -118,3 +119,19 @@ def test_without_a_service_price_only_rules_with_their_own_are_sold_per_call(sig
     ask = decode_payment_required_header(refused(service, "/ask")["PAYMENT-REQUIRED"])
     assert [a.scheme for a in query.accepts] == ["erc1155-credits"]
     assert [(a.scheme, a.amount) for a in ask.accepts][1] == ("exact", "50000")
+
+
+def test_a_402_for_a_call_without_credentials_also_says_a_token_would_do(signing_key):
+    """No token and no payment on an endpoint sold per call: 402 with the terms, and the bare Bearer
+    challenge of a 401 (a client that signs in, e.g. by OAuth discovery, starts from it); a 402 to a
+    subscriber whose credits ran out has no challenge (the token was fine)."""
+    service = service_with(signing_key, x402=X402)
+    scope = Scope.of(make_mocked_request("POST", "/query", headers={"Host": HOST}))
+    scope.routed(service, BASE)
+    scope.normalized("/query")
+    scope.classified(Decision("protected", next(r for r in service.protected_endpoints if r.matches("POST", "/query"))))
+    needed = PaymentNeeded("send a token or a payment", service, 31337, 1, 0)
+    problem = refusals.problem_for(needed, scope)
+    assert problem.status == 402 and problem.headers["WWW-Authenticate"] == 'Bearer realm="elvis"'
+    assert "PAYMENT-REQUIRED" in problem.headers
+    assert "WWW-Authenticate" not in refused(service, "/query")
