@@ -31,6 +31,9 @@ from gateway.config.model import GatewayConfig, X402Config
 
 CONFIRMATION_TIMEOUT = 30.0  # seconds to wait for a settlement's receipt (then: reconciled later)
 RECEIPT_POLL = 0.01  # seconds between looks for that receipt
+NONCE_ATTEMPTS = 5  # a settlement whose nonce another sender took is signed again this many times at most
+# What nodes answer a transaction whose nonce another one has taken (mined, or waiting in the pool).
+NONCE_TAKEN = ("nonce too low", "replacement transaction underpriced", "already known", "nonce has already been used")
 
 
 class Facilitator(Protocol):
@@ -107,15 +110,30 @@ class SelfFacilitator(ChainState):
 
 
 def _signer(operator_key: str, rpc_url: str):
-    """The SDK's web3 signer, polling for a settlement's receipt every 10 ms instead of web3's 100 ms.
+    """The SDK's web3 signer, polling for a settlement's receipt every 10 ms instead of web3's 100 ms,
+    and signing again with a fresh nonce when another sender took the one it picked.
 
-    Why: the call's answer waits for that receipt (x402 answers a settled payment); with web3's
-    default a receipt missed by the first look costs 100 ms (bench/x402_payments.py: settle p90
-    114 ms before, the receipt itself is there within milliseconds on a fast chain)."""
+    Why the poll: the call's answer waits for that receipt (x402 answers a settled payment); with
+    web3's default a receipt missed by the first look costs 100 ms (bench/x402_payments.py: settle
+    p90 114 ms before, the receipt itself is there within milliseconds on a fast chain).
+    Why sign again: every worker (and every replica) sends with the operator key, and each takes
+    its nonces from the pending count, so two may pick the same one; the node refuses the second
+    without mining it, so signing it again with the next free nonce sends it once (and a transfer
+    of one authorization mined twice would revert on chain: its EIP-3009 nonce is single-use)."""
     from x402.mechanisms.evm.signers import FacilitatorWeb3Signer
     from x402.mechanisms.evm.types import TransactionReceipt
 
     class Signer(FacilitatorWeb3Signer):
+        def write_contract(self, *args, **kwargs) -> str:
+            for attempt in range(1, NONCE_ATTEMPTS + 1):
+                try:
+                    return super().write_contract(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - web3's RPC errors; anything else is raised as is
+                    if attempt == NONCE_ATTEMPTS or not any(taken in str(exc).lower() for taken in NONCE_TAKEN):
+                        raise
+                    with self._nonce_lock:
+                        self._next_nonce = None  # the next one is the pending count again
+
         def wait_for_transaction_receipt(self, tx_hash: str) -> TransactionReceipt:
             tx_hash = tx_hash if tx_hash.startswith("0x") else "0x" + tx_hash
             receipt = self._w3.eth.wait_for_transaction_receipt(
