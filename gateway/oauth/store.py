@@ -24,6 +24,8 @@ from gateway.ledger.database import SqliteDatabase
 
 OAUTH_COMPONENT = "oauth"
 CODE_KEPT = 600.0  # seconds a spent or expired code is kept after its expiry, to recognise a replay
+UNUSED_CLIENT_KEPT = 86400.0  # a registered client that never got a code is removed after this long
+PRUNE_BATCH = 64  # unused clients removed per registration: more than the one it adds, bounded work
 SQLITE_MIGRATIONS = [
     """
     CREATE TABLE oauth_clients (client_id TEXT PRIMARY KEY, metadata TEXT NOT NULL, created_at REAL NOT NULL);
@@ -40,6 +42,11 @@ SQLITE_MIGRATIONS = [
         access_jti TEXT NOT NULL, expires_at REAL NOT NULL, used_at REAL
     );
     CREATE INDEX oauth_refresh_tokens_family ON oauth_refresh_tokens (family)
+    """,
+    # v2: when a client last got a code (NULL: never), so registrations nobody completed are pruned.
+    """
+    ALTER TABLE oauth_clients ADD COLUMN used_at REAL;
+    CREATE INDEX oauth_clients_unused ON oauth_clients (created_at) WHERE used_at IS NULL
     """,
 ]
 
@@ -95,9 +102,17 @@ class SqliteOAuthStore:
         await self.db.migrate(OAUTH_COMPONENT, SQLITE_MIGRATIONS)
 
     async def add_client(self, client_id: str, metadata: dict[str, Any], now: float) -> None:
-        await self.db.transaction(lambda conn: conn.execute(
-            "INSERT INTO oauth_clients (client_id, metadata, created_at) VALUES (?, ?, ?)",
-            (client_id, json.dumps(metadata), now)))
+        def add(conn: sqlite3.Connection) -> None:
+            # Why prune: registration is open to anyone (RFC 7591); a client that never got a code
+            # within a day is of no use to anyone, and keeping it would let registrations fill the
+            # database. Clients that did get one were authorized by a wallet signature: they stay.
+            conn.execute("DELETE FROM oauth_clients WHERE rowid IN (SELECT rowid FROM oauth_clients"
+                         " WHERE used_at IS NULL AND created_at < ? ORDER BY created_at LIMIT ?)",
+                         (now - UNUSED_CLIENT_KEPT, PRUNE_BATCH))
+            conn.execute("INSERT INTO oauth_clients (client_id, metadata, created_at) VALUES (?, ?, ?)",
+                         (client_id, json.dumps(metadata), now))
+
+        await self.db.transaction(add)
 
     async def client(self, client_id: str) -> dict[str, Any] | None:
         row = await self.db.run(lambda conn: conn.execute(
@@ -111,6 +126,7 @@ class SqliteOAuthStore:
             conn.execute("DELETE FROM oauth_codes WHERE expires_at < ?", (now - CODE_KEPT,))
             conn.execute("INSERT INTO oauth_codes (code_hash, family, grant_json, expires_at) VALUES (?, ?, ?, ?)",
                          (code_hash, family, json.dumps(grant), expires_at))
+            conn.execute("UPDATE oauth_clients SET used_at = ? WHERE client_id = ?", (now, grant["client_id"]))
 
         await self.db.transaction(add)
 

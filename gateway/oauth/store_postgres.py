@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from gateway.ledger.postgres_database import Connection, PostgresDatabase
-from gateway.oauth.store import CODE_KEPT, OAUTH_COMPONENT, RefreshRecord
+from gateway.oauth.store import CODE_KEPT, OAUTH_COMPONENT, PRUNE_BATCH, UNUSED_CLIENT_KEPT, RefreshRecord
 
 MIGRATIONS = [
     """
@@ -32,6 +32,11 @@ MIGRATIONS = [
     );
     CREATE INDEX oauth_refresh_tokens_family ON oauth_refresh_tokens (family)
     """,
+    # v2: when a client last got a code (NULL: never), so registrations nobody completed are pruned.
+    """
+    ALTER TABLE oauth_clients ADD COLUMN used_at DOUBLE PRECISION;
+    CREATE INDEX oauth_clients_unused ON oauth_clients (created_at) WHERE used_at IS NULL
+    """,
 ]
 
 
@@ -44,6 +49,10 @@ class PostgresOAuthStore:
 
     async def add_client(self, client_id: str, metadata: dict[str, Any], now: float) -> None:
         async def add(conn: Connection) -> None:
+            # Why prune: see the SQLite store (registration is open; unused clients would pile up).
+            await conn.execute("DELETE FROM oauth_clients WHERE client_id IN (SELECT client_id FROM oauth_clients"
+                               " WHERE used_at IS NULL AND created_at < $1 ORDER BY created_at LIMIT $2"
+                               " FOR UPDATE SKIP LOCKED)", now - UNUSED_CLIENT_KEPT, PRUNE_BATCH)
             await conn.execute("INSERT INTO oauth_clients (client_id, metadata, created_at) VALUES ($1, $2, $3)",
                                client_id, json.dumps(metadata), now)
 
@@ -60,6 +69,7 @@ class PostgresOAuthStore:
             await conn.execute("DELETE FROM oauth_codes WHERE expires_at < $1", now - CODE_KEPT)
             await conn.execute("INSERT INTO oauth_codes (code_hash, family, grant_json, expires_at)"
                                " VALUES ($1, $2, $3, $4)", code_hash, family, json.dumps(grant), expires_at)
+            await conn.execute("UPDATE oauth_clients SET used_at = $1 WHERE client_id = $2", now, grant["client_id"])
 
         await self.db.transaction(add)
 

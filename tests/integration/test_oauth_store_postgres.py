@@ -12,6 +12,7 @@ import pytest_asyncio
 from gateway.ledger.postgres_database import PostgresDatabase
 from gateway.oauth.store import oauth_store
 from gateway.oauth.store_postgres import PostgresOAuthStore
+from tests.support.oauth import prune_scenario
 from tests.support.postgres import postgres, postgres_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.asyncio
@@ -58,3 +59,7 @@ async def test_two_replicas_redeeming_one_code_or_refresh_token_get_one_winner(r
     rotations = await asyncio.gather(*(store.rotate("r", f"n{i}", f"j{i}", 1000.0, 102.0)
                                        for i, store in enumerate((first, second) * 3)))
     assert rotations.count("ok") == 1 and set(rotations) <= {"ok", "reused", "revoked"}
+
+
+async def test_registered_clients_that_never_got_a_code_are_pruned_after_a_day(replicas):
+    await prune_scenario(replicas[0], GRANT)  # the same scenario as on SQLite (tests/unit/test_oauth.py)

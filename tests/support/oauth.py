@@ -13,6 +13,7 @@ import time
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from gateway.auth.siwe import SiweMessage
+from gateway.oauth.store import UNUSED_CLIENT_KEPT
 from tests.support.signin import iso, nonce_of, sign
 from tests.support.stack import HOST, SUBSCRIBER
 
@@ -110,3 +111,18 @@ def self_signed_cert(folder) -> tuple[str, str]:
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return str(cert_path), str(key_path)
+
+
+async def prune_scenario(store, grant: dict) -> None:
+    """Registration is open: clients that never got a code are removed a day later; one that did stays."""
+    meta = {"client_name": "C", "redirect_uris": ["https://c.example/cb"]}
+    for name in ("idle_1", "idle_2", "c"):
+        await store.add_client(name, meta, now=1_000.0)
+    await store.add_code("h1", "fam", grant, expires_at=1_060.0, now=1_001.0)  # the grant's client is "c"
+    await store.add_client("later", meta, now=1_000.0 + UNUSED_CLIENT_KEPT - 1)
+    assert await store.client("idle_1") is not None  # not a day yet
+    await store.add_client("next_day", meta, now=1_001.0 + UNUSED_CLIENT_KEPT)
+    assert await store.client("idle_1") is None and await store.client("idle_2") is None
+    assert await store.client("c") is not None  # it got a code: a wallet authorized it
+    assert await store.client("later") is not None and await store.client("next_day") is not None
+

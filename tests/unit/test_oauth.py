@@ -27,6 +27,7 @@ from gateway.oauth.metadata_documents import (MAX_BYTES, DocumentRefused, Metada
 from gateway.oauth.store import SqliteOAuthStore
 from gateway.oauth.token import _basic_credentials, parse_form
 from tests.support.oauth import pkce, self_signed_cert
+from tests.support.oauth import prune_scenario
 from tests.support.stack import base_config
 
 BASE = "https://elvis.example.com"
@@ -368,3 +369,8 @@ async def test_only_an_exempt_confidential_client_may_go_without_pkce():
                    Client("gpt", "Public", ("https://c.example/cb",), "registered")):
         with pytest.raises(RedirectError):
             await check_request(request, svc, BASE, Registry(client))
+
+
+@pytest.mark.asyncio
+async def test_registered_clients_that_never_got_a_code_are_pruned_after_a_day(store):
+    await prune_scenario(store, GRANT)
