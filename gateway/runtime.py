@@ -39,10 +39,11 @@ Clock = Callable[[], float]
 
 def ledger_database(config: GatewayConfig) -> Database:
     """The real ledger database: the SQLite file or the PostgreSQL database `metering.ledger` names."""
-    # PostgreSQL: up to 10 pooled connections per worker (plus one LISTEN connection, and the
-    # settler's lease in slot 0): a few calls in flight per connection at one round trip each.
-    # Size the server's max_connections for replicas x workers x 12.
-    return open_database(config.metering.ledger, config.metering.ledger_password, pool_size=10)
+    # PostgreSQL: up to `metering.ledger_pool` pooled connections per worker (plus one LISTEN
+    # connection, and the settler's lease in slot 0). Size the server's max_connections for
+    # replicas x workers x (ledger_pool + 2).
+    return open_database(config.metering.ledger, config.metering.ledger_password,
+                         pool_size=config.metering.ledger_pool)
 
 
 def pooled_session(config: GatewayConfig) -> aiohttp.ClientSession:

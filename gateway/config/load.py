@@ -274,6 +274,7 @@ def _metering(m: Node | None, base_dir: Path) -> MeteringConfig:
         operator_key=_operator_key(m, base_dir),
         settle_every=m.get("settle_every", v.duration, 30.0),
         hold_margin=m.get("hold_margin", v.duration, MeteringConfig.hold_margin),
+        ledger_pool=m.get("ledger_pool", v.integer(1, 1000), MeteringConfig.ledger_pool),
     )
     m.done()
     return metering

@@ -245,6 +245,7 @@ def config_schema() -> dict[str, Any]:
                 "operator_keystore_password_file": _string("the keystore's password, in a file"),
                 "settle_every": DURATION,
                 "hold_margin": DURATION,
+                "ledger_pool": _integer(1, 1000),
             }),
         },
     }
