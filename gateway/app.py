@@ -70,6 +70,8 @@ def build_app(config: GatewayConfig, metrics: Metrics | None = None, settle: boo
         _install(runtime, assemble(config, runtime))
 
     async def stop(app: web.Application) -> None:
+        if runtime.assembly is not None:  # this worker's leases of credits go back to the ledger
+            await runtime.assembly.pipeline.meter.close()
         await _stop_settler(runtime, final=True)
         await _stop_x402(runtime, close=True)
         if runtime.resources is not None:  # None when start-up failed before opening them
@@ -97,10 +99,9 @@ async def _open_state(config: GatewayConfig, parts: Parts) -> tuple[Database, Le
     lease = max((c.timeout * len(c.rpc_urls) for c in config.chains.values()), default=0.0) + 1.0
     balances = shared_balances(db, lease, clock=parts.clock)
     await balances.open()
-    if any(service.x402 for service in config.services.values()):  # x402 payments' table
-        await x402_store(db, parts.clock).open()
-    if config.tokens.own and config.oauth.enabled:  # the OAuth server's clients, codes, refresh tokens
-        await oauth_store(db).open()
+    # Always, whatever this config uses: a reload may turn x402 or OAuth on, and it cannot migrate.
+    await x402_store(db, parts.clock).open()  # x402 payments
+    await oauth_store(db).open()  # the OAuth server's clients, codes, refresh tokens
     return db, ledger, auth, nonce_secret, balances
 
 
@@ -146,7 +147,8 @@ def assemble(config: GatewayConfig, runtime: Runtime) -> Assembly:
         nonces = NonceBook(res.auth, res.nonce_secret, config.tokens.nonce_ttl, clock=parts.clock)
         signin = SignIn(config, own, nonces, plans, readers, clock=parts.clock)
     tokens = TokenVerifier(config.tokens, http=res.rpc_session, clock=parts.clock, revocations=revocations)
-    meter = Meter(res.ledger, plans, chain_ids, metrics, hold_margin=config.metering.hold_margin)
+    meter = Meter(res.ledger, plans, chain_ids, metrics, hold_margin=config.metering.hold_margin,
+                  workers=config.workers)
     endpoints = GatewayEndpoints(config, own, signin, tokens, meter)
     if own is not None and signin is not None and config.oauth.enabled:  # OAuth tokens are the own issuer's
         documents = MetadataDocuments(config.oauth.metadata_private_addresses) \

@@ -7,12 +7,15 @@ into a charge when the upstream's status line is 2xx (price: fixed, or the upstr
 clamped to min..max) and releases it otherwise. The charge is in the ledger before the client
 sees a byte of the answer.
 
-A hold is written with a lifetime of the service's `timeout` + `metering.hold_margin` and is
-renewed by a timer it owns (`Keeper`, every third of that lifetime) for as long as its call is
-in flight, however slowly the client uploads: only the hold of a process that died expires. A
-charge takes only what is still held: if the hold expired anyway (a stalled process), the call
-is refused (`HoldExpired`, answered 503 `hold_expired`) and nothing is charged, because its
-credits may already have been held and spent by another call.
+A call's credits come from this worker's lease of the account (`leases`: one ledger hold lent
+to many calls in memory; near the end of a balance, one hold per call as before), and its charge
+takes its part of that hold in one durable transaction (`Ledger.charge_part`). A hold is written
+with a lifetime of the service's `timeout` + `metering.hold_margin` and is renewed by a timer it
+owns (`Keeper`, every third of that lifetime) for as long as it lives, however slowly a client
+uploads: only the hold of a process that died expires. A charge takes only what is still held:
+if the hold expired anyway (a stalled process), the call is refused (`HoldExpired`, answered 503
+`hold_expired`) and nothing is charged, because its credits may already have been held and spent
+by another call.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import weakref
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import structlog
 
 from gateway.config.model import EndpointRule, Price, ServiceConfig
 from gateway import ledger as ledgers
-from gateway.ledger import Account, Ledger, Reservation, ReservationExpired
+from gateway.ledger import Account, Ledger, ReservationExpired
+from gateway.credits.leases import Lease, Leases
 from gateway.credits.prices import NotCovered, price_of, require_pass
 from gateway.ops.observability import Metrics
 from gateway.credits.plans import Balance, PlanChecker
@@ -57,11 +61,13 @@ class Keeper:
     twice. Only a process that dies (or stalls for a whole lifetime) stops renewing, and then its
     holds expire. A timer, not a task per call: the hot path pays for a renewal only when one is due."""
 
-    __slots__ = ("ledger", "reservation_id", "ttl", "every", "request_id", "handle", "stopped")
+    __slots__ = ("ledger", "reservation_id", "ttl", "every", "request_id", "handle", "stopped", "on_lost")
     renewing: ClassVar[set[asyncio.Task]] = set()  # renewals in flight (kept referenced until done)
 
-    def __init__(self, ledger: Ledger, reservation_id: str, ttl: float, request_id: str) -> None:
+    def __init__(self, ledger: Ledger, reservation_id: str, ttl: float, request_id: str,
+                 on_lost: Callable[[], None] | None = None) -> None:
         self.ledger, self.reservation_id, self.ttl, self.request_id = ledger, reservation_id, ttl, request_id
+        self.on_lost = on_lost  # told when the hold turns out to have expired
         self.every = max(ttl / 3, MIN_RENEW_EVERY)
         self.stopped = False
         self.handle = asyncio.get_running_loop().call_later(self.every, self._due)
@@ -87,32 +93,49 @@ class Keeper:
         if not alive:
             # Expired before it could be renewed (a stalled process): its charge will be refused.
             log.error("hold_lost", request_id=self.request_id)
+            if self.on_lost is not None:
+                self.on_lost()
             return
         self.handle = asyncio.get_running_loop().call_later(self.every, self._due)
 
 
 @dataclass
 class Hold:
-    """Credits held for one call in flight, kept alive by `keeper` until charged or released."""
+    """Credits lent to one call in flight from this worker's `lease`, until charged or released."""
 
-    reservation: Reservation
+    lease: Lease
+    amount: int  # lent: the price's reserve
     price: Price
     balance: Balance
-    keeper: Keeper | None = field(default=None, repr=False)
+    service: str
+    request_id: str
+    finalizer: weakref.finalize | None = field(default=None, repr=False)
+    returned: bool = False  # given back to the lease (charged or released): exactly once
 
-    def stop(self) -> None:
-        """Stop renewing (the call is over: charged or released)."""
-        if self.keeper is not None:
-            self.keeper.stop()
+    def give_back(self, leases: Leases, charged: int = 0) -> bool:
+        """The call is over: what was lent goes back to the lease, less `charged`; once only (a
+        call refused at its charge is released again by the pipeline). True: release the lease."""
+        if self.returned:
+            return False
+        self.returned = True
+        if self.finalizer is not None:
+            self.finalizer.detach()  # the safety net (see `Meter.reserve`) is not needed
+        return leases.give_back(self.lease, self.amount, charged)
 
 
 class Meter:
     def __init__(self, ledger: Ledger, plans: PlanChecker, chain_ids: dict[str, int],
-                 metrics: Metrics | None = None, hold_margin: float = RESERVATION_GRACE) -> None:
+                 metrics: Metrics | None = None, hold_margin: float = RESERVATION_GRACE, workers: int = 1,
+                 leases: Leases | None = None) -> None:
         self.ledger, self.plans, self.chain_ids = ledger, plans, chain_ids
         self.hold_margin = hold_margin
         self.metrics = metrics or Metrics()
-        self._orphans: set[asyncio.Task] = set()  # releases of holds whose client left (kept referenced)
+        self.leases = leases or Leases(ledger, workers)
+        self.leases.keeper = self._keeper  # each lease's hold is renewed while it lives
+
+    def _keeper(self, lease: Lease) -> Keeper:
+        rid = lease.reservation.id
+        return Keeper(self.ledger, rid, lease.ttl, f"lease {rid}", on_lost=lambda: self.leases.expired(lease))
 
     async def reserve(self, service: ServiceConfig, rule: EndpointRule | None, subscriber: str,
                       request_id: str, price: Price | None = None) -> Hold | None:
@@ -133,8 +156,8 @@ class Meter:
         account = Account(chain_id, plan.contract, int(plan.token_id or 0), subscriber)
         ttl = service.timeout + self.hold_margin
         try:
-            reservation = await self._hold(self.ledger.reserve(
-                account, service.id, price.reserve, balance.amount, balance.read_at, request_id, ttl=ttl))
+            lease = await self.leases.lend(account, service.id, price.reserve, balance.amount, balance.read_at,
+                                           request_id, ttl)
         except ledgers.InsufficientCredits as short:
             # Why: the balance net of unsettled charges and calls in flight cannot cover this call's
             # price (or an unpaid shortfall blocks the account); forward nothing, say how to pay.
@@ -143,10 +166,10 @@ class Meter:
             raise InsufficientCredits(detail, service, chain_id, price.reserve, short.available,
                                       short.shortfall) from None
         self.metrics.credits_reserved.labels(service.id).inc(price.reserve)
-        hold = Hold(reservation, price, balance)
-        hold.keeper = Keeper(self.ledger, reservation.id, ttl, request_id)
-        # A safety net: a hold dropped without being charged or released stops being renewed.
-        weakref.finalize(hold, hold.keeper.stop)
+        hold = Hold(lease, price.reserve, price, balance, service.id, request_id)
+        # A safety net: a hold dropped without being charged or released gives its credits back
+        # to the lease (which then goes back to the ledger when idle).
+        hold.finalizer = weakref.finalize(hold, self.leases.give_back, lease, price.reserve)
         return hold
 
     async def complete(self, hold: Hold | None, status: int, headers) -> dict[str, str]:
@@ -157,48 +180,56 @@ class Meter:
             # Only successful answers are paid for: errors, redirects and refusals release the hold.
             await self.release(hold)
             return {}
-        hold.stop()
         amount = self.price_from(hold.price, headers)
         try:
-            remaining = await _shielded(self.ledger.charge(hold.reservation, amount, hold.balance.amount,
-                                                          hold.balance.read_at))
+            remaining = await asyncio.shield(self._charge(hold, amount))
         except ReservationExpired:
             # Why refuse rather than relay for free: the hold's credits may already be spent by
             # another call, so this answer is unpaid; whatever made the hold expire must not
             # earn anyone free work. Nothing is charged; the client may retry.
-            log.error("charge_refused_hold_expired", reservation=hold.reservation.id)
-            raise HoldExpired(hold.reservation.id) from None
+            log.error("charge_refused_hold_expired", reservation=hold.lease.reservation.id)
+            raise HoldExpired(hold.lease.reservation.id) from None
         return {"X-Credits-Charged": str(amount), "X-Credits-Remaining": str(remaining)}
 
+    async def _charge(self, hold: Hold, amount: int) -> int:
+        """Charge `amount` from the lease (durable) and give the rest of what was lent back to it;
+        the credits remaining, this worker's unlent lease credits included (the subscriber's to spend)."""
+        lease = hold.lease
+        try:
+            remaining = await self.ledger.charge_part(lease.reservation, amount, hold.request_id, hold.service,
+                                                      hold.balance.amount, hold.balance.read_at)
+        except ReservationExpired:
+            hold.returned = True
+            self.leases.expired(lease)  # gone from the ledger: it lends nothing more
+            raise
+        except BaseException:
+            if hold.give_back(self.leases):  # nothing charged (the transaction failed)
+                await self.leases.release(lease)
+            raise
+        release = hold.give_back(self.leases, amount)
+        remaining += self.leases.free(lease.reservation.account)
+        if release:
+            await self.leases.release(lease)
+        return remaining
+
     async def available(self, service: ServiceConfig, subscriber: str) -> int:
-        """What the subscriber can spend now: the on-chain balance net of unsettled charges and holds."""
+        """What the subscriber can spend now: the on-chain balance net of unsettled charges and holds,
+        plus this worker's unlent lease credits (other workers' leases count as held)."""
         plan = service.plan
         assert plan is not None
         balance = await self.plans.read(plan, subscriber)
         if plan.standard == "erc721":
             return balance.amount  # passes held: no credits to net
         account = Account(self.chain_ids[plan.chain], plan.contract, int(plan.token_id or 0), subscriber)
-        return await self.ledger.available(account, balance.amount, balance.read_at)
-
-    async def _hold(self, reserving) -> Reservation:
-        """Await a reservation; if the client leaves meanwhile, release it as soon as it exists
-        (instead of letting it block credits until it expires)."""
-        task = asyncio.ensure_future(reserving)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._release_orphan)
-            raise
-
-    def _release_orphan(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is None:
-            self._orphans.add(orphan := asyncio.ensure_future(self.ledger.release(task.result().id)))
-            orphan.add_done_callback(self._orphans.discard)
+        return await self.ledger.available(account, balance.amount, balance.read_at) + self.leases.free(account)
 
     async def release(self, hold: Hold | None) -> None:
-        if hold is not None:
-            hold.stop()
-            await _shielded(self.ledger.release(hold.reservation.id))
+        if hold is not None and hold.give_back(self.leases):
+            await self.leases.release(hold.lease)  # (forgotten at once, released even if the client left)
+
+    async def close(self) -> None:
+        """Shutdown: this worker's leases go back to the ledger."""
+        await self.leases.close()
 
     @staticmethod
     def price_from(price: Price, headers) -> int:
@@ -213,8 +244,3 @@ class Meter:
             log.warning("price_header_invalid", header=price.header, value=raw[:40])
             return price.max
         return min(max(reported, price.min), price.max)
-
-
-async def _shielded(aw):
-    """Ledger writes finish even if the client goes away (the request task is cancelled)."""
-    return await asyncio.shield(aw)

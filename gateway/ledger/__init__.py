@@ -16,6 +16,9 @@ Money rules the implementations keep:
   so only a hold whose process died (or stalled for a whole ttl) expires.
 - `charge` takes only what is still reserved: a reservation that expired (its credits possibly
   reserved again by another call) is never charged; `ReservationExpired` is raised instead.
+- `charge_part` takes part of a live hold (a worker's lease, shared by its calls in memory) and
+  charges it in one transaction: never more than the hold still holds, never from an expired
+  one; the hold shrinks by what was charged (and is gone once empty).
 - a charge is durable once `charge` returns (the client sees it only after).
 - a charge is in at most one live settlement; it is settled exactly once.
 """
@@ -67,10 +70,11 @@ class Settlement:
 
 
 class InsufficientCredits(Exception):
-    def __init__(self, available: int, shortfall: int = 0) -> None:
+    def __init__(self, available: int, shortfall: int = 0, held: int = 0) -> None:
         super().__init__(f"{available} credit(s) available")
         self.available = available
         self.shortfall = shortfall  # > 0: an unpaid shortfall blocks the account
+        self.held = held  # credits of live holds (calls in flight, workers' leases) when refused
 
 
 class ReservationExpired(Exception):
@@ -100,6 +104,8 @@ class Ledger(Protocol):
     async def extend(self, reservation_id: str, ttl: float) -> bool: ...
     async def release(self, reservation_id: str) -> None: ...
     async def charge(self, reservation: Reservation, amount: int, balance: int, balance_read_at: float) -> int: ...
+    async def charge_part(self, lease: Reservation, amount: int, request_id: str, service: str, balance: int,
+                          balance_read_at: float) -> int: ...
     async def available(self, account: Account, balance: int, balance_read_at: float) -> int: ...
 
     # settlement

@@ -48,6 +48,7 @@ class SqliteDatabase:
         self._sync = "FULL"
         self._lock_fd: int | None = None
         self._pending_lock = threading.Lock()
+        self._scheduled = False  # a group commit is queued on the thread and has not started yet
         self.commits = 0       # group commits done (for tests and metrics)
         self.transactions = 0  # transactions they carried
 
@@ -93,7 +94,14 @@ class SqliteDatabase:
         future: asyncio.Future[T] = loop.create_future()
         with self._pending_lock:
             self._pending.append((fn, future, loop, durable))
-        loop.run_in_executor(self._executor, self._group_commit)
+            # One group commit queued at a time: it takes everything pending when it starts.
+            scheduled, self._scheduled = self._scheduled, True
+        if not scheduled:
+            try:
+                loop.run_in_executor(self._executor, self._group_commit)
+            except BaseException:  # (the executor is shut down: closing)
+                self._scheduled = False
+                raise
         return await future
 
     def _group_commit(self) -> None:
@@ -101,6 +109,7 @@ class SqliteDatabase:
         with self._pending_lock:
             batch = list(self._pending)
             self._pending.clear()
+            self._scheduled = False  # what arrives from now on queues the next one
         if not batch:
             return  # an earlier run took these
         outcomes: list[tuple[bool, object]] = []
@@ -133,8 +142,11 @@ class SqliteDatabase:
         finally:
             if self._lock_fd is not None:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        answers: dict[Any, list] = {}  # one wake-up per event loop, not one per transaction
         for (_, future, loop, _), (ok, value) in zip(batch, outcomes):
-            loop.call_soon_threadsafe(_settle, future, ok, value)
+            answers.setdefault(loop, []).append((future, ok, value))
+        for loop, settled in answers.items():
+            loop.call_soon_threadsafe(_settle_all, settled)
 
     async def writable(self) -> bool:
         """An empty write transaction: takes the write lock and commits nothing (raises if it cannot)."""
@@ -189,6 +201,11 @@ def _begin(conn: sqlite3.Connection) -> None:
                 raise
         time.sleep(pause)  # on the database thread, never the event loop
         pause = min(pause * 1.5, 0.001)
+
+
+def _settle_all(settled: list) -> None:
+    for future, ok, value in settled:
+        _settle(future, ok, value)
 
 
 def _settle(future: asyncio.Future, ok: bool, value) -> None:

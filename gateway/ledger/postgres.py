@@ -29,6 +29,7 @@ The same `Ledger` methods and money rules as `SqliteLedger`, with these choices:
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from decimal import Decimal
@@ -36,7 +37,8 @@ from typing import Any, Callable
 
 from gateway.ledger import Account, InsufficientCredits, PendingGroup, Reservation, ReservationExpired, Settlement
 from gateway.ledger.postgres_database import Connection, PostgresDatabase, rowcount
-from gateway.ledger.postgres_schema import ACCOUNT, BURNED_BETWEEN, CHARGE_CALL, MIGRATIONS, NOW, RESERVE_CALL, SUMS
+from gateway.ledger.postgres_schema import (ACCOUNT, BURNED_BETWEEN, CHARGE_CALL, CHARGE_PART_CALL, MIGRATIONS, NOW,
+                                            RESERVE_CALL, SUMS)
 
 # How late the client's send may reach the server's function start (see `reserve`): a burn
 # confirmed this long before a balance read may count once more against it, never zero times.
@@ -64,6 +66,7 @@ class PostgresLedger:
         # The host's wall clock, the one `balance_read_at` is on. Used only for the age of a
         # balance read (a duration on this host's clock); every stored time is the database's.
         self.clock = clock
+        self._parts = itertools.count(1)  # numbers the charges taken from one hold (`charge_part`)
 
     async def open(self) -> None:
         await self.db.migrate("ledger", MIGRATIONS)
@@ -104,7 +107,7 @@ class PostgresLedger:
             # Why refuse: the balance net of unsettled charges, burns it predates and live holds
             # cannot cover the amount (the statement held nothing then).
             if not made:
-                raise InsufficientCredits(max(available, 0))
+                raise InsufficientCredits(max(available, 0), held=int(done["o_held"]))
             return Reservation(rid, account, amount, available - amount)
 
         # One call, its own transaction, not flushed before returning (a hold only matters while
@@ -161,6 +164,27 @@ class PostgresLedger:
 
         # One call, its own transaction, committed with synchronous_commit on (the connection's).
         return await self.db.run(charge)
+
+    async def charge_part(self, lease: Reservation, amount: int, request_id: str, service: str, balance: int,
+                          balance_read_at: float) -> int:
+        """Take `amount` from the live hold `lease` and charge it (ledger_charge_part: one round trip,
+        committed with synchronous_commit on); return credits remaining (as `charge`).
+
+        Raises `ReservationExpired` (nothing charged) if the hold is gone, expired or holds less."""
+        if amount < 0:
+            raise ValueError(f"charge {amount} below 0")
+        key, charge_id = _key(lease.account), f"{lease.id}/{next(self._parts)}"
+
+        async def charge_part(conn: Connection) -> int:
+            done = await conn.fetchrow(CHARGE_PART_CALL, *key, self.clock() - balance_read_at, lease.id, amount,
+                                       READ_SLACK, charge_id, request_id, service)
+            if not done["o_made"]:
+                # Why refuse: an expired hold's credits may have been reserved (and charged) by
+                # another call, and a hold never pays for more than it holds.
+                raise ReservationExpired(lease.id)
+            return max(balance - done["o_unsettled"] - int(done["o_burned"]) - int(done["o_held"]), 0)
+
+        return await self.db.run(charge_part)
 
     # ---- settlement ---------------------------------------------------------------------------
 

@@ -164,3 +164,41 @@ BURNED_BETWEEN = (f"SELECT COALESCE(SUM(amount), 0) FROM settlements WHERE {ACCO
                   " AND confirmed_at > to_timestamp($5::float8) AND confirmed_at <= to_timestamp($6::float8)")
 RESERVE_CALL = "SELECT * FROM ledger_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 CHARGE_CALL = "SELECT * FROM ledger_charge($1, $2, $3, $4, $5, $6, $7, $8)"
+
+# ---- v3: a charge taken from part of a hold (a worker's lease), one round trip ---------------------
+# The account's lock first (as ledger_reserve / ledger_charge), then: shrink the live hold $6 by $7
+# if it holds that much (gone once empty), record the charge under the id $9, sum what still
+# stands against the balance. Nothing taken (the hold gone, expired or short): the unsettled total
+# goes back and o_made is false.
+MIGRATIONS.append(f"""
+    -- $1..$4 the account, $5 the balance's age (s), $6 the hold's id, $7 amount, $8 the slack (s),
+    -- $9 the charge's id (unique), $10 request id, $11 service.
+    CREATE FUNCTION ledger_charge_part(BIGINT, TEXT, TEXT, TEXT, FLOAT8, TEXT, BIGINT, FLOAT8, TEXT, TEXT, TEXT)
+    RETURNS TABLE (o_unsettled BIGINT, o_made BOOLEAN, o_burned NUMERIC, o_held NUMERIC)
+    LANGUAGE plpgsql VOLATILE AS $fn$
+    DECLARE
+        v_read_at FLOAT8 := EXTRACT(EPOCH FROM ledger_now())::float8 - $5 - $8;
+        v_unsettled BIGINT; v_left BIGINT; v_burned NUMERIC; v_held NUMERIC;
+    BEGIN
+        INSERT INTO account_totals AS t (chain_id, contract, token_id, subscriber, unsettled) VALUES ($1, $2, $3, $4, $7)
+            ON CONFLICT (chain_id, contract, token_id, subscriber) DO UPDATE SET unsettled = t.unsettled + excluded.unsettled
+            RETURNING t.unsettled INTO v_unsettled;
+        UPDATE reservations SET amount = amount - $7
+            WHERE id = $6 AND expires_at >= ledger_now() AND amount >= $7 RETURNING amount INTO v_left;
+        IF v_left IS NULL THEN  -- nothing charged: the unsettled total goes back (same transaction)
+            UPDATE account_totals SET unsettled = unsettled - $7 WHERE {ACCOUNT};
+            RETURN QUERY SELECT v_unsettled, false, 0::numeric, 0::numeric;
+            RETURN;
+        END IF;
+        IF v_left = 0 THEN
+            DELETE FROM reservations WHERE id = $6;
+        END IF;
+        INSERT INTO charges (chain_id, contract, token_id, subscriber, reservation_id, request_id, service, amount,
+            created_at) VALUES ($1, $2, $3, $4, $9, $10, $11, $7, ledger_now());
+        SELECT {_BURNED_SINCE.replace("$5", "v_read_at")},
+               (SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE {ACCOUNT} AND expires_at >= ledger_now())
+            INTO v_burned, v_held;
+        RETURN QUERY SELECT v_unsettled, true, v_burned, v_held;
+    END $fn$
+""")
+CHARGE_PART_CALL = "SELECT * FROM ledger_charge_part($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"

@@ -7,6 +7,7 @@ worker process sharing the file.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 import uuid
@@ -31,6 +32,7 @@ class SqliteLedger:
     def __init__(self, db: SqliteDatabase, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.clock = clock
+        self._parts = itertools.count(1)  # numbers the charges taken from one hold (`charge_part`)
 
     async def open(self) -> None:
         await self.db.migrate("ledger", MIGRATIONS)
@@ -43,17 +45,16 @@ class SqliteLedger:
     def _available(self, conn: sqlite3.Connection, account: Account, balance: int, read_at: float, now: float) -> int:
         # Charges count against the on-chain balance until their burn is in it: unsettled ones,
         # and ones settled after the balance was read (that balance is from before the burn).
-        row = conn.execute(f"SELECT unsettled FROM account_totals WHERE {_ACCOUNT}", _key(account)).fetchone()
-        (burned_since,) = conn.execute(
-            f"SELECT COALESCE(SUM(amount), 0) FROM settlements WHERE {_ACCOUNT} AND status = 'confirmed'"
-            " AND updated_at > ?", (*_key(account), read_at),
+        # (One statement: this runs in every reserve and charge.)
+        key = _key(account)
+        (unsettled, burned_since, held) = conn.execute(
+            f"SELECT (SELECT COALESCE(SUM(unsettled), 0) FROM account_totals WHERE {_ACCOUNT}),"
+            f" (SELECT COALESCE(SUM(amount), 0) FROM settlements WHERE {_ACCOUNT} AND status = 'confirmed'"
+            "  AND updated_at > ?),"
+            f" (SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE {_ACCOUNT} AND expires_at >= ?)",
+            (*key, *key, read_at, *key, now),
         ).fetchone()
-        charged = (row[0] if row else 0) + burned_since
-        (held,) = conn.execute(
-            f"SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE {_ACCOUNT} AND expires_at >= ?",
-            (*_key(account), now),
-        ).fetchone()
-        return balance - charged - held
+        return balance - unsettled - burned_since - held
 
     def _open_shortfall(self, conn: sqlite3.Connection, account: Account) -> int:
         (amount,) = conn.execute(
@@ -72,7 +73,9 @@ class SqliteLedger:
                 raise InsufficientCredits(0, shortfall)
             available = self._available(conn, account, balance, balance_read_at, now)
             if available < amount:
-                raise InsufficientCredits(max(available, 0))
+                (held,) = conn.execute(f"SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE {_ACCOUNT}",
+                                       _key(account)).fetchone()  # (expired ones were deleted above)
+                raise InsufficientCredits(max(available, 0), held=held)
             rid = uuid.uuid4().hex
             conn.execute("INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (rid, *_key(account), service, amount, request_id, now + ttl))
@@ -135,6 +138,41 @@ class SqliteLedger:
             return max(self._available(conn, reservation.account, balance, balance_read_at, now), 0)
 
         return await self.db.transaction(charge)
+
+    async def charge_part(self, lease: Reservation, amount: int, request_id: str, service: str, balance: int,
+                          balance_read_at: float) -> int:
+        """Take `amount` from the live hold `lease` and charge it, in one durable transaction;
+        return credits remaining (as `charge`). The hold shrinks by `amount`; once empty it is gone.
+
+        Raises `ReservationExpired` (nothing charged) if the hold is gone, expired or holds less."""
+        if amount < 0:
+            raise ValueError(f"charge {amount} below 0")
+        charge_id = f"{lease.id}/{next(self._parts)}"  # charges.reservation_id is unique: one per part
+
+        def charge_part(conn: sqlite3.Connection) -> int:
+            now = self.clock()
+            rows = conn.execute("UPDATE reservations SET amount = amount - ? WHERE id = ? AND expires_at >= ?"
+                                " AND amount >= ? RETURNING amount", (amount, lease.id, now, amount)).fetchall()
+            if not rows:
+                # Why refuse: an expired hold no longer counts against the balance, so its credits
+                # may have been reserved (and charged) by another call; and a hold never pays for
+                # more than it holds. Either way charging would spend a credit twice.
+                raise ReservationExpired(lease.id)
+            if rows[0][0] == 0:
+                conn.execute("DELETE FROM reservations WHERE id = ?", (lease.id,))  # emptied: gone
+            conn.execute(
+                "INSERT INTO charges (reservation_id, request_id, chain_id, contract, token_id, subscriber, service,"
+                " amount, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (charge_id, request_id, *_key(lease.account), service, amount, now),
+            )
+            conn.execute(
+                "INSERT INTO account_totals (chain_id, contract, token_id, subscriber, unsettled) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET unsettled = unsettled + excluded.unsettled",
+                (*_key(lease.account), amount),
+            )
+            return max(self._available(conn, lease.account, balance, balance_read_at, now), 0)
+
+        return await self.db.transaction(charge_part)
 
     # ---- settlement ---------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import asyncio
 import pytest
 import pytest_asyncio
 
-from gateway.ledger import Account, InsufficientCredits
+from gateway.ledger import Account, InsufficientCredits, ReservationExpired
 from gateway.ledger.database import SqliteDatabase
 from gateway.ledger.postgres import PostgresLedger
 from gateway.ledger.postgres_database import PostgresDatabase
@@ -150,3 +150,47 @@ async def test_usage_sums_per_service_and_subscriber(ledger):
     (row,) = await ledger.usage()
     assert (row["calls"], row["charged"], row["settled"], row["pending"], row["shortfall"], row["burn_txs"]) == \
         (3, 4, 3, 1, 0, ["0xabc"])
+
+
+# ---- charge_part: calls charged from a worker's lease (one hold, many charges) -------------------
+
+async def test_charge_part_takes_from_the_lease_and_never_more_than_it_holds(ledger):
+    lease = await reserve(ledger, amount=4, balance=10)
+    assert await ledger.charge_part(lease, 1, "req-1", "elvis", 10, 0.0) == 6  # 10 - 1 charged - 3 still held
+    assert await ledger.charge_part(lease, 2, "req-2", "elvis", 10, 0.0) == 6  # 10 - 3 charged - 1 still held
+    with pytest.raises(ReservationExpired):
+        await ledger.charge_part(lease, 2, "req-3", "elvis", 10, 0.0)  # holds 1: nothing charged
+    assert await ledger.charge_part(lease, 1, "req-4", "elvis", 10, 0.0) == 6  # empty now: the hold is gone
+    assert (await reserve(ledger, amount=6, balance=10)).remaining == 0
+    (row,) = await ledger.usage()
+    assert (row["calls"], row["charged"]) == (3, 4)
+
+
+async def test_charge_part_of_an_expired_or_released_lease_charges_nothing(ledger):
+    lease = await reserve(ledger, amount=3, ttl=10)
+    ledger.clock.now += 11  # the worker stalled: its lease expired and its credits are free again
+    with pytest.raises(ReservationExpired):
+        await ledger.charge_part(lease, 1, "req", "elvis", 5, 0.0)
+    released = await reserve(ledger, amount=3)
+    await ledger.release(released.id)
+    with pytest.raises(ReservationExpired):
+        await ledger.charge_part(released, 1, "req", "elvis", 5, 0.0)
+    assert await ledger.usage() == []
+    assert (await reserve(ledger, amount=5)).remaining == 0  # nothing charged, nothing held
+
+
+async def test_concurrent_charge_parts_never_exceed_the_lease(ledger):
+    lease = await reserve(ledger, amount=5, balance=20)
+    results = await asyncio.gather(*(ledger.charge_part(lease, 1, f"req-{n}", "elvis", 20, 0.0) for n in range(8)),
+                                   return_exceptions=True)
+    assert sum(1 for r in results if not isinstance(r, Exception)) == 5
+    assert all(isinstance(r, ReservationExpired) for r in results if isinstance(r, Exception))
+    (row,) = await ledger.usage()
+    assert (row["calls"], row["charged"]) == (5, 5)
+
+
+async def test_a_refusal_says_how_much_is_held(ledger):
+    await reserve(ledger, amount=4)
+    with pytest.raises(InsufficientCredits) as short:
+        await reserve(ledger, amount=2)
+    assert (short.value.available, short.value.held) == (1, 4)

@@ -61,3 +61,27 @@ def test_two_workers_read_a_new_subscribers_balance_from_the_chain_once(chain, p
     assert served_by == {"0", "1"}
     assert {status for status, _ in results} <= {200, 402}
     assert reads == 1  # one chain read, shared by both workers
+
+
+def test_two_workers_with_leases_serve_exactly_the_balance(chain, plugin, signing_key, tmp_path):
+    """A balance large enough for leases (40 credits: each worker leases a few at a time, one
+    hold for several calls) is spent exactly: 40 of 120 calls succeed, none is charged twice."""
+    chain.dev.mint_credits(chain.credits_plan, SUBSCRIBER, 1, 40 - START_CREDITS)
+    served = Served(chain, plugin, signing_key, tmp_path, workers=2)
+    served.start()
+    try:
+        for slot in (0, 1):
+            served.wait_until_listening(slot)
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            results = list(pool.map(lambda _: served.call("/query", {"queries": [{"query": "love"}]}), range(120)))
+        statuses = sorted(status for status, _ in results)
+        assert statuses.count(200) == 40 and statuses.count(402) == 80
+        assert served.ledger("SELECT SUM(amount), COUNT(*) FROM charges") == [(40, 40)]
+        leases = served.ledger("SELECT substr(reservation_id, 1, instr(reservation_id, '/') - 1) AS lease, COUNT(*)"
+                               " FROM charges GROUP BY lease")
+        assert max(count for _, count in leases) > 1  # a lease served several calls
+        served.settle()
+        assert chain.dev.credits_of(chain.credits_plan, SUBSCRIBER, 1) == 0
+    finally:
+        served.stop()
+    assert served.child.proc.returncode == 0

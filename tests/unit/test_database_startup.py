@@ -50,3 +50,19 @@ def test_processes_opening_a_new_ledger_at_once_never_see_database_is_locked(tmp
                 len(MIGRATIONS),)
             assert conn.execute("SELECT COUNT(*) FROM auth_secrets").fetchone() == (1,)
             assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_config_without_x402_or_oauth_still_creates_their_tables_for_a_later_reload(tmp_path):
+    """A reload may turn x402 or OAuth on, and a reload cannot migrate: start-up creates every table."""
+    from gateway.app import prepare_database
+    from gateway.config.load import parse_config
+
+    data = {"listen": "127.0.0.1:0", "base_domain": "proxy.localhost", "chains": {},
+            "services": {"plain": {"upstream": "http://127.0.0.1:9", "open_endpoints": ["GET /"]}},
+            "metering": {"ledger": f"sqlite:///{tmp_path / 'ledger.db'}"}}
+    config = parse_config(data, {})
+    assert not any(s.x402 for s in config.services.values()) and config.tokens.own is None
+    prepare_database(config)
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"x402_payments", "oauth_clients", "oauth_codes", "oauth_refresh_tokens"} <= tables
