@@ -3,8 +3,8 @@
 `Ledger` is the small interface the request path and the settler need; the
 embedded default is `SqliteLedger` (`sqlite`) on `SqliteDatabase` (`database`: one thread,
 group commit, migrations), which also holds the sign-in state and the shared plan balances.
-`PostgresLedger` (`postgres`) on `PostgresDatabase` (`postgres_database`, schema and queries in
-`postgres_schema`) implements the same methods with the same atomicity for replicas on several
+`PostgresLedger` (`postgres`, its reports in `postgres_reports`) on `PostgresDatabase`
+(`postgres_database`, schema and queries in `postgres_schema`) implements the same methods with the same atomicity for replicas on several
 machines. `backends` picks the pair from `metering.ledger`'s scheme; `settler_lease` elects the one
 settler among replicas sharing a PostgreSQL ledger.
 
