@@ -17,8 +17,8 @@ from gateway.auth.issuer import OwnIssuer
 from gateway.dev.process import REPO, ChildProcess
 from tests.support.served import Served
 from tests.support.stack import BROKE, DEV_ACCOUNTS, HOST
-from tests.support.x402 import (ASK_PRICE, FUNDS, PAYEE, PAYER, decoded, exact, pay, paying_http, sell_per_call,
-                                signed, terms)
+from tests.support.x402 import (ASK_PRICE, FUNDS, PAYEE, PAYER, decoded, exact, funded_payment_token, pay,
+                                paying_http, sell_per_call, signed, terms)
 
 pytestmark = pytest.mark.asyncio
 FACILITATOR = DEV_ACCOUNTS[7]
@@ -26,9 +26,7 @@ FACILITATOR = DEV_ACCOUNTS[7]
 
 @pytest.fixture
 def token(chain):
-    address = chain.dev.deploy_payment_token()
-    chain.dev.mint_tokens(address, PAYER[0], FUNDS)
-    return address
+    return funded_payment_token(chain)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from x402.schemas import PaymentRequired
 from gateway.auth.issuer import OwnIssuer
 from tests.support.served import Served
 from tests.support.stack import BROKE
-from tests.support.x402 import FUNDS, PAYEE, PAYER, exact, payer_client
+from tests.support.x402 import FUNDS, PAYEE, PAYER, exact, funded_payment_token, payer_client
 from tests.support.x402_mcp import SEARCH_PRICE, SUMMARIZE_PRICE, paying_mcp, rpc, sell_tools, tool_call
 
 pytestmark = pytest.mark.asyncio
@@ -23,9 +23,7 @@ pytestmark = pytest.mark.asyncio
 
 @pytest.fixture
 def token(chain):
-    address = chain.dev.deploy_payment_token()
-    chain.dev.mint_tokens(address, PAYER[0], FUNDS)
-    return address
+    return funded_payment_token(chain)
 
 
 @pytest.fixture

@@ -79,3 +79,10 @@ def exact(required: PaymentRequired) -> PaymentRequirements:
 
 def decoded(header: str) -> dict:
     return json.loads(base64.b64decode(header))
+
+
+def funded_payment_token(chain) -> str:
+    """A new EIP-3009 token on the test chain, with FUNDS minted to the payer."""
+    address = chain.dev.deploy_payment_token()
+    chain.dev.mint_tokens(address, PAYER[0], FUNDS)
+    return address
