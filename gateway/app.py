@@ -158,7 +158,7 @@ def assemble(config: GatewayConfig, runtime: Runtime) -> Assembly:
     payments = None
     if any(service.x402 for service in config.services.values()):  # some calls may be paid per call
         payments = X402Payments(config, x402_store(res.db, parts.clock), facilitators(config), clock=parts.clock,
-                                every=config.metering.settle_every)
+                                every=config.metering.settle_every, on_event=metrics.count_x402)
     pipeline = Pipeline(
         config,
         ServiceRouter(config.services.values(), config.base_domain),

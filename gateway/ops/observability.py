@@ -237,6 +237,11 @@ class Metrics:
         self.plan_rpc_errors = Counter("gateway_plan_rpc_errors", "balanceOf calls that failed", registry=r)
         self.plan_stale = Counter("gateway_plan_stale_answers",
                                   "Failed balanceOf calls answered with a stale positive balance", registry=r)
+        self.x402_payments = Counter("gateway_x402_payments",
+                                     "x402 payments by service and outcome: accepted (verified and recorded), "
+                                     "settled, void (not served: the payer keeps the money), lost (could not "
+                                     "pay any more), pending (left to the reconciler)", ["service", "outcome"],
+                                     registry=r)
         self.rpc_calls = Counter("gateway_rpc_calls", "JSON-RPC calls by chain, URL (redacted) and outcome "
                                  "(ok, rpc_error, failed)", ["chain", "url", "outcome"], registry=r)
         # Process-wide facts (not one app's): the same counters in every registry of this process.
@@ -276,6 +281,9 @@ class Metrics:
             self.plan_rpc_errors.inc()
         elif family == "stale":
             self.plan_stale.inc()
+
+    def count_x402(self, service: str, outcome: str) -> None:
+        self.x402_payments.labels(service, outcome).inc()
 
     def count_rpc(self, chain: str, url: str, outcome: str) -> None:
         """One JSON-RPC attempt (`gateway.chain.rpc`): url is already redacted."""

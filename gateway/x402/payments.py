@@ -59,9 +59,18 @@ class Accepted:
 
 class X402Payments:
     def __init__(self, config: GatewayConfig, store: X402Store, facilitators: Mapping[str, Facilitator],
-                 clock: Callable[[], float] = time.time, every: float = 30.0) -> None:
+                 clock: Callable[[], float] = time.time, every: float = 30.0,
+                 on_event: Callable[[str, str], None] = lambda service, outcome: None) -> None:
         self.config, self.store, self.facilitators, self.clock, self.every = config, store, facilitators, clock, every
+        self.on_event = on_event  # (service, outcome): accepted, settled, void, lost, pending (metrics)
         self.task: asyncio.Task | None = None
+
+    async def _move(self, service: str, payment_id: int, was: tuple[str, ...], now: str, **details) -> bool:
+        """One recorded payment from status `was` to `now` (False: it was not in `was`), counted."""
+        moved = await self.store.mark(payment_id, was, now, **details)
+        if moved:
+            self.on_event(service, now)
+        return moved
 
     def sells(self, service: ServiceConfig, rule: EndpointRule | None) -> PaymentRequirements | None:
         """The `exact` offer of this endpoint when it is sold per call and can be settled."""
@@ -136,6 +145,7 @@ class X402Payments:
         except AlreadySeen:
             # Why: an authorization pays for one call, once; a replay (even of a voided one) is refused.
             self._reject("nonce_already_used", "this payment authorization was already used", service, rule)
+        self.on_event(service.id, "accepted")
         return Accepted(payment_id, service.id, payload, offer, payer)
 
     async def complete(self, accepted: Accepted, status: int, service: ServiceConfig,
@@ -151,7 +161,7 @@ class X402Payments:
     async def void(self, accepted: Accepted, why: str) -> None:
         """The call was answered but not served (an error): not settled, the payer keeps the money."""
         accepted.done = True
-        await self.store.mark(accepted.id, ("accepted",), "void", error=why)
+        await self._move(accepted.service, accepted.id, ("accepted",), "void", error=why)
 
     async def settle(self, accepted: Accepted, service: ServiceConfig, rule: EndpointRule | None
                      ) -> SettleResponse | None:
@@ -169,20 +179,22 @@ class X402Payments:
             # Why relay the answer anyway: the payer signed for this call and the reconciler settles
             # it from the chain's truth (exactly once); the caller gets no PAYMENT-RESPONSE.
             log.warning("x402_settlement_pending", payment=accepted.id, error=str(exc))
+            self.on_event(accepted.service, "pending")
             return None
         if result.success:
             crash_point("x402_sent")  # the transfer is mined, the row still says owed
-            await self.store.mark(accepted.id, ("owed",), "settled", tx_hash=result.transaction)
+            await self._move(accepted.service, accepted.id, ("owed",), "settled", tx_hash=result.transaction)
             return result
         reason = result.error_reason or "settlement_failed"
         if not definitive(reason):
             # Why relay and keep it owed: the transaction failed for a reason of ours (operator
             # nonce, gas, RPC), not the payer's; the reconciler retries while the window is open.
             log.warning("x402_settlement_pending", payment=accepted.id, reason=reason)
+            self.on_event(accepted.service, "pending")
             return None
         # Why a loss and no retry: the authorization cannot pay any more (nonce used, expired,
         # funds moved away); retrying forever would not change that.
-        await self.store.mark(accepted.id, ("owed",), "lost", error=reason)
+        await self._move(accepted.service, accepted.id, ("owed",), "lost", error=reason)
         header = encode_payment_response_header(result)
         raise SettlementFailed(reason, {PAYMENT_RESPONSE: header}, f"the payment could not be settled: {reason}",
                                service, *self._plan_terms(service, rule))
@@ -192,7 +204,8 @@ class X402Payments:
         if accepted is not None and not accepted.done:
             accepted.done = True
             # Why shielded: this runs while the request's task is being cancelled (client gone).
-            await asyncio.shield(self.store.mark(accepted.id, ("accepted",), "void", error="no answer from the upstream"))
+            await asyncio.shield(self._move(accepted.service, accepted.id, ("accepted",), "void",
+                                            error="no answer from the upstream"))
 
     async def reconcile(self, owed_before: float | None = None) -> int:
         """Finish rows a crash (or an unreachable chain) left; returns how many were finished."""
@@ -202,7 +215,8 @@ class X402Payments:
             if row.status == "accepted":
                 # Why void: its process died before the upstream's answer was known (credits: the
                 # hold expires, nothing is charged).
-                finished += await self.store.mark(row.id, ("accepted",), "void", error="call outlived its process")
+                finished += await self._move(row.payment.service, row.id, ("accepted",), "void",
+                                             error="call outlived its process")
             else:
                 finished += await self._settle_owed(row)
         return finished
@@ -218,20 +232,20 @@ class X402Payments:
         if chain.state == "transferred":
             # Why settled without sending: the transfer already happened (sent before the crash);
             # sending again would only revert.
-            return await self.store.mark(row.id, ("owed",), "settled", tx_hash=chain.tx_hash,
+            return await self._move(p.service, row.id, ("owed",), "settled", tx_hash=chain.tx_hash,
                                          error="reconciled from authorizationState")
         if chain.state == "canceled":
             # Why a loss: the payer cancelled the authorization after the call was served.
-            return await self.store.mark(row.id, ("owed",), "lost", error="authorization canceled by the payer")
+            return await self._move(p.service, row.id, ("owed",), "lost", error="authorization canceled by the payer")
         if p.valid_before <= self.clock():
-            return await self.store.mark(row.id, ("owed",), "lost", error="authorization expired before settlement")
+            return await self._move(p.service, row.id, ("owed",), "lost", error="authorization expired before settlement")
         payload, requirements = PaymentPayload.model_validate(p.payload), PaymentRequirements.model_validate(p.requirements)
         result: SettleResponse = await facilitator.settle(payload, requirements)
         if result.success:
-            return await self.store.mark(row.id, ("owed",), "settled", tx_hash=result.transaction)
+            return await self._move(p.service, row.id, ("owed",), "settled", tx_hash=result.transaction)
         if not definitive(result.error_reason or ""):
             return False  # ours, not the payer's: next period, until the window closes
-        return await self.store.mark(row.id, ("owed",), "lost", error=result.error_reason)
+        return await self._move(p.service, row.id, ("owed",), "lost", error=result.error_reason)
 
     async def run(self) -> None:
         """At start everything unfinished (no request of this gateway is in flight yet), then periodically."""

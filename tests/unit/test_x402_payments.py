@@ -15,6 +15,7 @@ from x402.schemas import PaymentPayload, SettleResponse, VerifyResponse
 from gateway.config.load import parse_config
 from gateway.http import refusals
 from gateway.ledger.database import SqliteDatabase
+from gateway.ops.observability import Metrics
 from gateway.x402.facilitators import AuthorizationState
 from gateway.x402.errors import FacilitatorUnavailable, PaymentMalformed, PaymentRejected, SettlementFailed
 from gateway.x402.offers import exact_offer
@@ -233,3 +234,20 @@ async def test_a_transaction_failure_of_ours_stays_owed_and_is_retried(config, s
     assert await statuses(store) == ["owed"]
     fac.settle = settle
     assert await p.reconcile(owed_before=NOW) == 1 and await statuses(store) == ["settled"]
+
+
+async def test_each_outcome_is_counted_once_in_the_metrics(config, store):
+    metrics = Metrics()
+    p = X402Payments(config, store, {"elvis": FakeFacilitator()}, clock=lambda: NOW, on_event=metrics.count_x402)
+    service, rule, offer = ask(config)
+    served = await p.accept(signature(offer), service, rule, offer, "req-1")
+    await p.complete(served, 200, service, rule)
+    failed = await p.accept(signature(offer, nonce="0x" + "02" * 32), service, rule, offer, "req-2")
+    await p.complete(failed, 502, service, rule)
+    await p.abandon(failed)  # already voided: not counted again
+
+    def count(outcome: str) -> float:
+        return metrics.registry.get_sample_value("gateway_x402_payments_total",
+                                                 {"service": "elvis", "outcome": outcome}) or 0.0
+
+    assert [count(o) for o in ("accepted", "settled", "void", "lost", "pending")] == [2, 1, 1, 0, 0]
