@@ -15,11 +15,14 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from gateway.app import RUNTIME
 from gateway.auth.revocation import revoke
 from gateway.auth.state import auth_state
 from gateway.ledger.backends import open_database
+from gateway.ledger.postgres import PostgresLedger
 from tests.support.oauth import (REDIRECT, authorize, authorize_params, consent_message, consent_page, oauth_error,
                                  pkce, post_consent, register, self_signed_cert, token)
+from tests.support.postgres import postgres, postgres_url  # noqa: F401 - fixtures
 from tests.support.served import Served
 from tests.support.signin import nonce_of, problem, sign
 from tests.support.stack import BROKE, HOST, SUBSCRIBER, base_config
@@ -84,6 +87,21 @@ async def test_the_service_host_publishes_its_authorization_server_metadata(gw):
 # --- the whole flow with a registered (public) client ----------------------------------------------
 
 async def test_a_registered_client_gets_tokens_that_pay_and_refresh_with_rotation(gw):
+    await registered_client_pays_and_refreshes(gw)
+
+
+async def test_the_same_on_a_postgresql_ledger(make_gateway, chain, plugin, signing_key, tmp_path, postgres_url):
+    """Codes, refresh tokens, registered clients, sign-in nonces and charges on the shared ledger."""
+    data = oauth_config(chain, plugin, signing_key, tmp_path)
+    data["metering"]["ledger"] = postgres_url
+    gw = await make_gateway(data)
+    ledger = gw.app[RUNTIME].ledger
+    assert isinstance(ledger, PostgresLedger)
+    await registered_client_pays_and_refreshes(gw)
+    assert [row["charged"] for row in await ledger.usage()] == [2]  # the two paid calls of the flow
+
+
+async def registered_client_pays_and_refreshes(gw) -> None:
     client = await register(gw)
     assert client["token_endpoint_auth_method"] == "none" and client["redirect_uris"] == [REDIRECT]
     answer, verifier = await code_for(gw, client["client_id"])

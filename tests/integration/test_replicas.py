@@ -1,7 +1,8 @@
 """Replicas: separate `gateway serve` processes (each its own listen port: they stand for machines)
 sharing one PostgreSQL ledger and one anvil chain. Paid calls never overspend across replicas, the
 settler hands over when its replica is killed, a revocation and a spent sign-in nonce reach every
-replica, and a replica that loses its database refuses paid calls 503 and recovers by itself."""
+replica, an x402 authorization pays once whichever replica sees it, and a replica that loses its
+database refuses paid calls 503 and recovers by itself."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.support.served import Served
 from tests.support.signin import sign, siwe
 from tests.support.stack import HOST, START_CREDITS, SUBSCRIBER
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.x402 import ASK_PRICE, PAYEE, exact, funded_payment_token, pay, sell_per_call, signed, terms
 
 QUERY = ("/query", {"queries": [{"query": "love"}]})  # one credit a call
 
@@ -165,3 +167,21 @@ def test_a_replica_that_loses_its_database_refuses_503_and_recovers(replicas, po
         wait_for(lambda: replica.call(*QUERY)[0] == 200, "the replica serves again once the database is back")
     # Nothing charged for the refused call: two answered calls, two charges.
     assert ledger_rows(postgres, postgres_url, "SELECT COUNT(*) FROM charges") == [["2"]]
+
+
+@pytest.mark.asyncio
+async def test_an_x402_payment_settles_once_and_cannot_be_replayed_at_another_replica(replicas, chain, postgres,
+                                                                                    postgres_url):
+    token = funded_payment_token(chain)
+    first, second = replicas(2)
+    for replica in (first, second):
+        sell_per_call(replica, token)
+    start_all([first, second])
+    signature = await signed(token, exact(await terms(first)))  # the official SDK signs for /ask
+    paid = await pay(first, signature)
+    assert paid.status_code == 200 and "PAYMENT-RESPONSE" in paid.headers
+    replayed = await pay(second, signature)  # the same authorization, at another machine
+    assert replayed.status_code == 402 and replayed.json()["code"] == "payment_invalid"
+    assert chain.dev.token_balance(token, PAYEE) == ASK_PRICE  # transferred once
+    assert ledger_rows(postgres, postgres_url, "SELECT status, amount FROM x402_payments") == \
+        [["settled", str(ASK_PRICE)]]
