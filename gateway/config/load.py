@@ -110,7 +110,7 @@ def parse_config(
     checks.check_hosts(services, config_kwargs["base_domain"], problems)
     checks.check_issuers_for_protected(services, tokens, problems)
     checks.check_listeners(listen, config_kwargs["admin_listen"], problems)
-    check_x402_settlement(services, metering.operator_key, problems)
+    check_x402_settlement(services, metering.x402_key or metering.operator_key, problems)
     if problems:
         raise ConfigError(problems)
     return GatewayConfig(
@@ -275,6 +275,7 @@ def _metering(m: Node | None, base_dir: Path) -> MeteringConfig:
         settle_every=m.get("settle_every", v.duration, 30.0),
         hold_margin=m.get("hold_margin", v.duration, MeteringConfig.hold_margin),
         ledger_pool=m.get("ledger_pool", v.integer(1, 1000), MeteringConfig.ledger_pool),
+        x402_key=inline_or_file(m, "x402_key", v.private_key, base_dir, None),
     )
     m.done()
     return metering

@@ -220,6 +220,7 @@ class MeteringConfig:
     settle_every: float = 30.0
     hold_margin: float = 60.0             # a credit hold lives the service's timeout + this, renewed while in flight
     ledger_pool: int = 10                 # PostgreSQL: pooled connections per worker (SQLite: one thread)
+    x402_key: str | None = field(default=None, repr=False)  # submits x402 transfers; None: operator_key
 
 
 @dataclass(frozen=True)

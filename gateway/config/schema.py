@@ -246,6 +246,8 @@ def config_schema() -> dict[str, Any]:
                 "settle_every": DURATION,
                 "hold_margin": DURATION,
                 "ledger_pool": _integer(1, 1000),
+                "x402_key": _string("the key that submits x402 transfers (default: operator_key)", v._HEX64.pattern),
+                "x402_key_file": _string("a file holding x402_key (instead of it)"),
             }),
         },
     }

@@ -111,5 +111,5 @@ def check_x402_settlement(services: Mapping[str, ServiceConfig], operator_key: s
             continue
         if service.x402.facilitator_url is None and not operator_key:
             # Why: self-facilitated settlement submits transferWithAuthorization and pays its gas.
-            problems.append(f"services.{sid}.x402: needs metering.operator_key to settle payments itself "
-                            "(or a facilitator_url)")
+            problems.append(f"services.{sid}.x402: needs metering.x402_key or metering.operator_key to settle "
+                            "payments itself (or a facilitator_url)")

@@ -175,9 +175,11 @@ def facilitators(config: GatewayConfig) -> dict[str, Facilitator]:
         if key not in made:
             if x.facilitator_url:
                 made[key] = RemoteFacilitator(x.facilitator_url, rpc)
-            elif config.metering.operator_key and rpc:
-                made[key] = SelfFacilitator(config.metering.operator_key, rpc)
+            elif (signer := config.metering.x402_key or config.metering.operator_key) and rpc:
+                # Why a key of its own when given: the credit burns sign with operator_key too, and
+                # two senders of one key race for its nonces (each side then recovers, but slower).
+                made[key] = SelfFacilitator(signer, rpc)
             else:
-                continue  # checked at load: self-facilitated needs metering.operator_key
+                continue  # checked at load: self-facilitated needs metering.x402_key or operator_key
         out[service.id] = made[key]
     return out

@@ -88,7 +88,8 @@ def test_x402_config_problems_are_reported_with_their_paths(signing_key):
         parse_config(base_config(None, None, signing_key, x402={**X402, "network": "eip155:8453"}), {})
     problems = "\n".join(exc.value.problems)
     assert "services.elvis.x402.network: no chain with id 8453 under `chains`" in problems
-    assert "services.elvis.x402: needs metering.operator_key to settle payments itself" in problems
+    assert "services.elvis.x402: needs metering.x402_key or metering.operator_key to settle payments itself" \
+        in problems
     service = service_with(signing_key, x402={**X402, "price": 2})
     assert service.x402.price == Decimal(2) and service.x402.atomic(service.x402.price) == 2_000_000
 
@@ -135,3 +136,23 @@ def test_a_402_for_a_call_without_credentials_also_says_a_token_would_do(signing
     assert problem.status == 402 and problem.headers["WWW-Authenticate"] == 'Bearer realm="elvis"'
     assert "PAYMENT-REQUIRED" in problem.headers
     assert "WWW-Authenticate" not in refused(service, "/query")
+
+
+def test_x402_transfers_are_signed_with_their_own_key_when_one_is_given(signing_key, tmp_path):
+    """`metering.x402_key(_file)`: the credit burns keep operator_key's nonces to themselves."""
+    from gateway.x402.facilitators import facilitators
+
+    key = tmp_path / "x402-key"
+    key.write_text("0x" + "22" * 32 + "\n")
+    key.chmod(0o600)
+    data = config_with(signing_key, x402=X402)
+    data["chains"] = {"local": {"chain_id": 31337, "rpc_urls": ["http://127.0.0.1:9"]}}
+    data["services"]["elvis"]["plan"]["chain"] = "local"
+    without = parse_config(data, {})
+    data["metering"]["x402_key_file"] = str(key)
+    config = parse_config(data, {})
+    assert config.metering.x402_key == "0x" + "22" * 32 and "22" * 32 not in repr(config.metering)
+    signers = {c: facilitators(cfg)["elvis"].scheme._signer.address for c, cfg in (("own", config), ("op", without))}
+    assert signers == {"own": Account.from_key("0x" + "22" * 32).address, "op": Account.from_key("0x" + "11" * 32).address}
+    del data["metering"]["operator_key"]  # the x402 key alone is enough to settle per-call payments
+    assert parse_config(data, {}).metering.operator_key is None
