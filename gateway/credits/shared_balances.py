@@ -57,12 +57,17 @@ def shared_balances(db, lease: float, clock: Callable[[], float] = time.time):
 
 
 class SharedBalances:
-    def __init__(self, db: SqliteDatabase, lease: float, clock: Callable[[], float] = time.time) -> None:
+    """On SQLite. `PostgresSharedBalances` keeps the waiting loop (`acquire`) and replaces the SQL:
+    `_check_or_claim` (answering a balance, `_WAIT` or `_CLAIMED`), `publish` and `count`."""
+
+    migrations = MIGRATIONS
+
+    def __init__(self, db, lease: float, clock: Callable[[], float] = time.time) -> None:
         self.db, self.lease, self.clock = db, lease, clock
         self.keep = lease  # how long a row can be of use: the longest ttl `acquire` was asked for
 
     async def open(self) -> None:
-        await self.db.migrate("plan_cache", MIGRATIONS)
+        await self.db.migrate("plan_cache", self.migrations)
 
     async def acquire(self, key: str, ttl: float, negative_ttl: float) -> SharedBalance | None:
         """A fresh balance another worker read; or None: the caller now holds the claim and must

@@ -11,12 +11,8 @@ time (which the ledger also keeps on the database's clock: `gateway.ledger.postg
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Callable
-
-from gateway.credits.shared_balances import POLL, PRUNE_BATCH, SharedBalance
-from gateway.ledger.postgres_database import Connection, PostgresDatabase
+from gateway.credits.shared_balances import _CLAIMED, _WAIT, PRUNE_BATCH, SharedBalance, SharedBalances
+from gateway.ledger.postgres_database import Connection
 
 NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 MIGRATIONS = [
@@ -30,27 +26,10 @@ MIGRATIONS = [
 ]
 
 
-class PostgresSharedBalances:
-    def __init__(self, db: PostgresDatabase, lease: float, clock: Callable[[], float] = time.time) -> None:
-        self.db, self.lease, self.clock = db, lease, clock
-        self.keep = lease  # how long a row can be of use: the longest ttl `acquire` was asked for
+class PostgresSharedBalances(SharedBalances):
+    """The same waiting loop (`SharedBalances.acquire`), the SQL of PostgreSQL and its clock."""
 
-    async def open(self) -> None:
-        await self.db.migrate("plan_cache", MIGRATIONS)
-
-    async def acquire(self, key: str, ttl: float, negative_ttl: float) -> SharedBalance | None:
-        """A fresh balance another worker (of any replica) read; or None: the caller now holds the
-        claim and must read the chain and `publish` (also when it fails, to let the others try)."""
-        self.keep = max(self.keep, ttl, negative_ttl)
-        deadline = time.monotonic() + self.lease
-        while True:
-            found = await self.db.transaction(lambda conn: self._check_or_claim(conn, key, ttl, negative_ttl),
-                                              durable=False)
-            if found is None or isinstance(found, SharedBalance):
-                return found
-            if time.monotonic() > deadline:
-                return None  # the other reader is stuck: read it ourselves
-            await asyncio.sleep(POLL)  # another worker is reading the chain for this key right now
+    migrations = MIGRATIONS
 
     async def _check_or_claim(self, conn: Connection, key: str, ttl: float, negative_ttl: float):
         if (found := await self._fresh(conn, key, ttl, negative_ttl)) is not None:
@@ -60,14 +39,14 @@ class PostgresSharedBalances:
             f"INSERT INTO plan_fetches AS f VALUES ($1, {NOW}) ON CONFLICT (key) DO UPDATE SET claimed_at = {NOW}"
             f" WHERE f.claimed_at < {NOW} - $2 RETURNING 1", key, self.lease)
         if not claimed:
-            return "wait"  # another worker is reading the chain for this key right now
+            return _WAIT  # another worker is reading the chain for this key right now
         # Why look again: each statement sees what was committed when it began, so a publish that
         # committed between the read above and the claim (it deletes the claim it answers) would
         # otherwise send this worker to the chain for a balance that is already here.
         if (found := await self._fresh(conn, key, ttl, negative_ttl)) is not None:
             await conn.execute("DELETE FROM plan_fetches WHERE key = $1", key)
             return found
-        return None
+        return _CLAIMED
 
     async def _fresh(self, conn: Connection, key: str, ttl: float, negative_ttl: float) -> SharedBalance | None:
         row = await conn.fetchrow(f"SELECT balance, read_at, {NOW} AS now FROM plan_balances WHERE key = $1", key)

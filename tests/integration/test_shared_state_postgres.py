@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from gateway.auth.revocation import RevocationList, revoke
 from gateway.auth.state import auth_state
-from gateway.credits.shared_balances import SharedBalance, shared_balances
+from gateway.credits.shared_balances import _WAIT, SharedBalance, shared_balances
 from gateway.ledger import LedgerUnavailable
 from gateway.ledger.backends import ledger_on, open_database
 from gateway.ledger.settler_lease import LEASE_KEY, PostgresSettlerLease, settler_lease
@@ -97,7 +97,7 @@ async def test_a_key_claimed_by_one_replica_is_waited_for_by_the_other(two_repli
     check = second._check_or_claim
     second._check_or_claim = lambda *args: _observed(check(*args), checks)
     waiting = asyncio.ensure_future(second.acquire("plan|c", ttl=30.0, negative_ttl=5.0))
-    assert await checks.get() == "wait"  # the second waits for the first's chain read instead of making its own
+    assert await checks.get() is _WAIT  # the second waits for the first's chain read instead of making its own
     await first.publish("plan|c", SharedBalance(9, time.time()))
     assert (await asyncio.wait_for(waiting, timeout=5)).amount == 9
 
