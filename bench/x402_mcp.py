@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -29,12 +28,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
-import yaml  # noqa: E402
 from eth_account import Account  # noqa: E402
 
 from bench.latency import Child, machine, publish  # noqa: E402
-from bench.x402_payments import HOST, OPERATOR_KEY, OWNER, PAYEE, PAYER, PRICE, SUBSCRIBER, summary  # noqa: E402
-from gateway.auth.issuer import OwnIssuer, generate_signing_key  # noqa: E402
+from bench.x402_payments import (HOST, OWNER, PAYEE, PAYER, PRICE, SUBSCRIBER, payment_payloads, summary,  # noqa: E402
+                                write_config)
+from gateway.auth.issuer import OwnIssuer  # noqa: E402
 from gateway.config.load import load_config  # noqa: E402
 from gateway.dev.chain import Anvil, DevChain, free_port  # noqa: E402
 
@@ -42,40 +41,18 @@ ACCEPT = "application/json, text/event-stream"
 
 
 def config(work: Path, port: int, upstream: str, secret: str, rpc: str, plan: str, token: str) -> Path:
-    key = work / "own.pem"
-    generate_signing_key(key, "ES256")
-    data = {
-        "listen": f"127.0.0.1:{port}", "public_scheme": "http", "base_domain": "proxy.localhost", "workers": 1,
-        "log": {"level": "warning"},
-        "chains": {"local": {"chain_id": 31337, "rpc_urls": [rpc], "timeout": "2s"}},
-        "tokens": {"own": {"issuer": "https://gateway.test", "signing_key_file": str(key)}},
-        "services": {"elvis": {
-            "upstream": upstream, "upstream_auth": {"type": "bearer", "token": secret}, "owner": OWNER,
-            "mcp": {"path": "/mcp", "tools": {"search": {"credits": 1, "x402": "0.01"}}},
-            "plan": {"chain": "local", "standard": "erc1155", "contract": plan, "token_id": 1, "credits": 1},
-            "x402": {"network": "eip155:31337", "asset": token, "pay_to": PAYEE,
-                     "extra": {"name": "Demo USD", "version": "1"}},
-        }},
-        "metering": {"ledger": f"sqlite:///{work / 'ledger.db'}", "operator_key": OPERATOR_KEY, "settle_every": "1h"},
-    }
-    path = work / "gateway.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    """The MCP tool `search` sold for 1 credit or "0.01" per call."""
+    return write_config(work, port, rpc, {
+        "upstream": upstream, "upstream_auth": {"type": "bearer", "token": secret}, "owner": OWNER,
+        "mcp": {"path": "/mcp", "tools": {"search": {"credits": 1, "x402": "0.01"}}},
+        "plan": {"chain": "local", "standard": "erc1155", "contract": plan, "token_id": 1, "credits": 1},
+        "x402": {"network": "eip155:31337", "asset": token, "pay_to": PAYEE,
+                 "extra": {"name": "Demo USD", "version": "1"}},
+    })
 
 
 async def payments(token: str, n: int) -> list[dict]:
-    from x402 import x402Client
-    from x402.mechanisms.evm.exact import register_exact_evm_client
-    from x402.schemas import PaymentRequired, PaymentRequirements
-
-    client = x402Client()
-    client.set_spend_controls({"allowed_assets": [{"network": "eip155:31337", "asset": token}]})
-    register_exact_evm_client(client, Account.from_key(PAYER[1]))
-    offer = PaymentRequirements(scheme="exact", network="eip155:31337", asset=token, amount=str(PRICE), pay_to=PAYEE,
-                                max_timeout_seconds=600, extra={"name": "Demo USD", "version": "1"})
-    return [(await client.create_payment_payload(PaymentRequired(accepts=[offer]))).model_dump(by_alias=True,
-                                                                                               exclude_none=True)
-            for _ in range(n)]
+    return [payload.model_dump(by_alias=True, exclude_none=True) for payload in await payment_payloads(token, n)]
 
 
 def result_of(body: bytes) -> dict:

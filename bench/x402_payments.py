@@ -38,7 +38,7 @@ from eth_account import Account  # noqa: E402
 from x402 import x402Client  # noqa: E402
 from x402.http import decode_payment_response_header, encode_payment_signature_header  # noqa: E402
 from x402.mechanisms.evm.exact import register_exact_evm_client  # noqa: E402
-from x402.schemas import PaymentRequired, PaymentRequirements  # noqa: E402
+from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements  # noqa: E402
 
 from bench.latency import Child, machine, publish  # noqa: E402
 from gateway.auth.issuer import OwnIssuer, generate_signing_key  # noqa: E402
@@ -53,6 +53,18 @@ PRICE = 10_000  # "0.01" of a 6-decimals token
 
 
 def config(work: Path, port: int, plugin: str, secret: str, rpc: str, plan: str, token: str) -> Path:
+    """/query sold for 1 credit or "0.01" per call."""
+    return write_config(work, port, rpc, {
+        "upstream": plugin, "upstream_auth": {"type": "bearer", "token": secret}, "owner": OWNER,
+        "protected_endpoints": [{"endpoint": "POST /query", "credits": 1, "x402": "0.01"}],
+        "plan": {"chain": "local", "standard": "erc1155", "contract": plan, "token_id": 1, "credits": 1},
+        "x402": {"network": "eip155:31337", "asset": token, "pay_to": PAYEE, "price": "0.01",
+                 "extra": {"name": "Demo USD", "version": "1"}},
+    })
+
+
+def write_config(work: Path, port: int, rpc: str, service: dict) -> Path:
+    """The benchmark gateway's config file around one service `elvis` (also bench/x402_mcp.py's)."""
     key = work / "own.pem"
     generate_signing_key(key, "ES256")
     data = {
@@ -60,13 +72,7 @@ def config(work: Path, port: int, plugin: str, secret: str, rpc: str, plan: str,
         "log": {"level": "warning"},
         "chains": {"local": {"chain_id": 31337, "rpc_urls": [rpc], "timeout": "2s"}},
         "tokens": {"own": {"issuer": "https://gateway.test", "signing_key_file": str(key)}},
-        "services": {"elvis": {
-            "upstream": plugin, "upstream_auth": {"type": "bearer", "token": secret}, "owner": OWNER,
-            "protected_endpoints": [{"endpoint": "POST /query", "credits": 1, "x402": "0.01"}],
-            "plan": {"chain": "local", "standard": "erc1155", "contract": plan, "token_id": 1, "credits": 1},
-            "x402": {"network": "eip155:31337", "asset": token, "pay_to": PAYEE, "price": "0.01",
-                     "extra": {"name": "Demo USD", "version": "1"}},
-        }},
+        "services": {"elvis": service},
         "metering": {"ledger": f"sqlite:///{work / 'ledger.db'}", "operator_key": OPERATOR_KEY, "settle_every": "1h"},
     }
     path = work / "gateway.yaml"
@@ -74,14 +80,18 @@ def config(work: Path, port: int, plugin: str, secret: str, rpc: str, plan: str,
     return path
 
 
-async def signatures(token: str, n: int) -> list[str]:
+async def payment_payloads(token: str, n: int) -> list[PaymentPayload]:
+    """`n` payments of PRICE to PAYEE, signed by PAYER with the official SDK (also bench/x402_mcp.py's)."""
     client = x402Client()
     client.set_spend_controls({"allowed_assets": [{"network": "eip155:31337", "asset": token}]})
     register_exact_evm_client(client, Account.from_key(PAYER[1]))
     offer = PaymentRequirements(scheme="exact", network="eip155:31337", asset=token, amount=str(PRICE), pay_to=PAYEE,
                                 max_timeout_seconds=600, extra={"name": "Demo USD", "version": "1"})
-    return [encode_payment_signature_header(await client.create_payment_payload(PaymentRequired(accepts=[offer])))
-            for _ in range(n)]
+    return [await client.create_payment_payload(PaymentRequired(accepts=[offer])) for _ in range(n)]
+
+
+async def signatures(token: str, n: int) -> list[str]:
+    return [encode_payment_signature_header(payload) for payload in await payment_payloads(token, n)]
 
 
 async def calls(url: str, bearer: str, paid: list[str], warmup: int) -> dict:
