@@ -109,12 +109,11 @@ def test_token_revoke_records_with_metering_alone(config_file, tmp_path, capsys)
 
 async def _record_shortfall(path) -> None:
     """A charge of 2 whose burn found 1 credit left on chain: a shortfall of 1 blocks the account."""
+    await _charge_one(path)
     db = SqliteDatabase(path)
     ledger = SqliteLedger(db)
     try:
         await ledger.open()
-        reservation = await ledger.reserve(ACCOUNT, "elvis", 2, 5, time.time(), "req-1", 60.0)
-        await ledger.charge(reservation, 2, 5, time.time())
         group, = await ledger.pending_groups()
         settlement = await ledger.record_settlement(group, 1, "0xop", 0, "0xa", "0xraw")
         await ledger.mark_confirmed(settlement.id, 10)
