@@ -28,7 +28,7 @@ from gateway.auth.state import AuthState, auth_state
 from gateway.config.model import MeteringConfig
 from gateway.inflight import InFlight
 from gateway.ledger import LedgerUnavailable
-from gateway.ledger.backends import open_database
+from gateway.ledger.backends import command_database
 
 log = structlog.get_logger("gateway.revocations")  # JSON lines like every other log (ops.observability)
 
@@ -106,11 +106,8 @@ def revoke_command(metering: MeteringConfig, *, jti: str | None, subscriber: str
     secrets serving needs."""
 
     async def run() -> float:
-        db = open_database(metering.ledger, metering.ledger_password, pool_size=1)
-        try:
+        async with command_database(metering.ledger, metering.ledger_password) as db:
             return await revoke(auth_state(db), jti=jti, subscriber=subscriber)
-        finally:
-            await db.close()
 
     asyncio.run(run())
     what = f"token {jti}" if jti is not None else f"every token issued to {subscriber} until now"

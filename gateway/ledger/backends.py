@@ -8,8 +8,9 @@ start from `open_database`, so none of them branches on the scheme again.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Callable, Union
+from typing import AsyncIterator, Callable, Union
 
 from gateway.ledger import Ledger
 from gateway.ledger.database import SqliteDatabase, sqlite_path
@@ -25,6 +26,17 @@ def open_database(url: str, password: str | None = None, pool_size: int = 10) ->
     if is_postgres_url(url):
         return PostgresDatabase(url, max_size=pool_size, password=password)
     return SqliteDatabase(sqlite_path(url))
+
+
+@contextlib.asynccontextmanager
+async def command_database(url: str, password: str | None) -> AsyncIterator[Database]:
+    """The database for one CLI command (`usage`, `token revoke`, `shortfall resolve`): one
+    connection, closed when the command is done."""
+    db = open_database(url, password, pool_size=1)
+    try:
+        yield db
+    finally:
+        await db.close()
 
 
 def ledger_on(db: Database, clock: Callable[[], float] = time.time) -> Ledger:

@@ -8,20 +8,17 @@ from typing import Any
 
 from gateway.config.model import MeteringConfig, PlanConfig
 from gateway.ledger import Account
-from gateway.ledger.backends import ledger_on, open_database
+from gateway.ledger.backends import command_database, ledger_on
 from gateway.x402.usage import x402_usage_lines
 
 COLUMNS = ("service", "subscriber", "calls", "charged", "settled", "pending", "shortfall")
 
 
 async def _with_ledger(metering: MeteringConfig, fn, with_db=None) -> Any:
-    db = open_database(metering.ledger, metering.ledger_password, pool_size=1)
-    ledger = ledger_on(db)
-    try:
+    async with command_database(metering.ledger, metering.ledger_password) as db:
+        ledger = ledger_on(db)
         await ledger.open()
         return (await fn(ledger), await with_db(db)) if with_db else await fn(ledger)
-    finally:
-        await db.close()
 
 
 def usage_report(metering: MeteringConfig, service: str | None, subscriber: str | None) -> str:
