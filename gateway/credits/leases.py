@@ -16,12 +16,16 @@ the call's charge takes its part of the lease and records it in one durable tran
 Sizing, so a lease never starves the others: L = max(price, min(lease_max, available //
 (SHARE * workers))), `available` as the ledger last said (or the balance read, an upper bound).
 Near the end of a balance that is exactly one call's price, and such a lease is released as soon
-as its call is done: today's behaviour, one hold per call. A larger lease is released after
-`idle` seconds without a call (a timer per lease, re-armed lazily: no task per call) and on
-shutdown (`close`). A worker refused while credits are held elsewhere (other workers' leases or
-calls in flight) waits `wait` seconds, long enough for idle leases to come back, and tries once
-more: a 402 is then what the call would have got without leases, except while another worker
-keeps using its lease (its credits are spent by its calls, none are lost).
+as its call is done: one hold per call. So is the lease of an account in no use here (no call in
+the last `idle` seconds: a lone call, the common case of an agent calling every few seconds): its
+charge empties the hold and deletes it in the same transaction, two ledger transactions per call
+and no idle hold left behind. An account in use (a call within `idle` seconds, or concurrent
+calls) gets a larger lease, released after `idle` seconds without a call (a timer per lease,
+re-armed lazily: no task per call) and on shutdown (`close`). A worker refused while credits are
+held elsewhere (other workers' leases or calls in flight) asks again every `retry_every` seconds
+for up to `wait` seconds, long enough for an idle lease to come back: a 402 is then what the call
+would have got without leases, except while another worker keeps using its lease (its credits
+are spent by its calls, none are lost).
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ from gateway.ledger import Account, Ledger, Reservation
 
 log = structlog.get_logger("gateway.metering")
 LEASE_MAX = 1000  # credits one lease may hold at most
-LEASE_IDLE = 0.1  # seconds without a call before a lease's unused credits go back to the ledger
-LEASE_WAIT = 0.2  # a refused worker's wait for other workers' idle leases (2 x the idle time)
+LEASE_IDLE = 1.0   # seconds without a call before a lease's unused credits go back to the ledger
+LEASE_WAIT = 1.5   # how long a refused worker keeps asking while credits are held elsewhere (> idle + slack)
+LEASE_RETRY = 0.1  # between two of those asks
+RECENT_MAX = 10_000  # accounts whose last call time is kept (a hint: bounded)
 SHARE = 4         # a lease takes at most 1 / (SHARE * workers) of what the account has available
 
 
@@ -63,16 +69,17 @@ class Leases:
     are still in flight."""
 
     def __init__(self, ledger: Ledger, workers: int = 1, lease_max: int = LEASE_MAX, idle: float = LEASE_IDLE,
-                 wait: float = LEASE_WAIT, call_later: Callable | None = None,
+                 wait: float = LEASE_WAIT, retry_every: float = LEASE_RETRY, call_later: Callable | None = None,
                  clock: Callable[[], float] = time.monotonic, keeper: Callable | None = None,
                  pause: Callable[[float], Awaitable] = asyncio.sleep) -> None:
         self.ledger, self.share, self.lease_max = ledger, SHARE * max(workers, 1), lease_max
-        self.idle, self.wait, self.clock, self.pause = idle, wait, clock, pause
+        self.idle, self.wait, self.retry_every, self.clock, self.pause = idle, wait, retry_every, clock, pause
         self._call_later = call_later  # default: the running loop's (a test passes its own timer)
         self.keeper = keeper           # starts the renewal of a lease's hold (`meter.Keeper`)
         self.current: dict[Account, Lease] = {}
         self.live: dict[Account, list[Lease]] = {}   # every lease not released yet, per account
         self.seen: dict[Account, int] = {}           # what the ledger last said was available
+        self.last_call: dict[Account, float] = {}    # when a call last asked for the account's credits
         self._locks: dict[Account, asyncio.Lock] = {}
         self._releasing: set[asyncio.Task] = set()   # releases in flight (kept referenced)
 
@@ -82,22 +89,29 @@ class Leases:
                    request_id: str, ttl: float) -> Lease:
         """Lend `amount` credits from this worker's lease of `account` (leasing more if needed), or
         raise `gateway.ledger.InsufficientCredits`."""
+        now = self.clock()
+        previous = self.last_call.get(account)
+        if previous is None and len(self.last_call) >= RECENT_MAX:
+            self.last_call.clear()
+        self.last_call[account] = now
         lease = self.current.get(account)
         if lease is not None and lease.free >= amount:  # the common case: memory only
             return self._lent(lease, amount)
-        args = (account, service, amount, balance, balance_read_at, request_id, ttl)
-        try:
-            return await self._lend_from_ledger(*args)
-        except ledgers.InsufficientCredits as short:
-            in_flight = sum(lease.lent for lease in self.live.get(account, ()))
-            if short.shortfall or short.held <= in_flight:
-                raise  # all that is held is lent to this worker's calls in flight: as without leases
-            # Why wait and try once more: credits are held beyond this worker's calls in flight,
-            # possibly unused in a lease (another worker's, back after `idle`; or one of this
-            # worker's, back when its calls are done); refusing now could refuse a call that one
-            # hold per call would have served. Bounded: one wait, one more try.
-            await self.pause(self.wait)
-            return await self._lend_from_ledger(*args)
+        in_use = previous is not None and now - previous < self.idle  # else a lone call: its own price
+        args = (account, service, amount, balance, balance_read_at, request_id, ttl, in_use)
+        deadline = now + self.wait
+        while True:
+            try:
+                return await self._lend_from_ledger(*args)
+            except ledgers.InsufficientCredits as short:
+                in_flight = sum(lease.lent for lease in self.live.get(account, ()))
+                if short.shortfall or short.held <= in_flight or self.clock() >= deadline:
+                    raise  # all that is held is lent to this worker's calls in flight: as without leases
+                # Why ask again: credits are held beyond this worker's calls in flight, possibly
+                # unused in a lease (another worker's, back after `idle`; or one of this worker's,
+                # back when its calls are done); refusing now could refuse a call that one hold
+                # per call would have served. Bounded: until `wait` has passed.
+                await self.pause(self.retry_every)
 
     def _lent(self, lease: Lease, amount: int) -> Lease:
         lease.lent += amount
@@ -105,7 +119,7 @@ class Leases:
         return lease
 
     async def _lend_from_ledger(self, account: Account, service: str, amount: int, balance: int,
-                                balance_read_at: float, request_id: str, ttl: float) -> Lease:
+                                balance_read_at: float, request_id: str, ttl: float, in_use: bool) -> Lease:
         lock = self._locks.setdefault(account, asyncio.Lock())
         async with lock:  # one lease opened at a time per account; the others wait for it
             lease = self.current.get(account)
@@ -116,7 +130,7 @@ class Leases:
             # Shielded: if the client leaves meanwhile, the lease still opens, and what it lent to
             # this call comes straight back (the lease is released when idle).
             opening = asyncio.ensure_future(self._open(account, service, amount, balance, balance_read_at,
-                                                       request_id, ttl))
+                                                       request_id, ttl, in_use))
             try:
                 return await asyncio.shield(opening)
             except asyncio.CancelledError:
@@ -133,8 +147,8 @@ class Leases:
         return max(amount, min(self.lease_max, available // self.share))
 
     async def _open(self, account: Account, service: str, amount: int, balance: int, balance_read_at: float,
-                    request_id: str, ttl: float) -> Lease:
-        size = self._size(amount, min(balance, self.seen.get(account, balance)))
+                    request_id: str, ttl: float, in_use: bool) -> Lease:
+        size = self._size(amount, min(balance, self.seen.get(account, balance))) if in_use else amount
         try:
             reservation = await self.ledger.reserve(account, service, size, balance, balance_read_at, request_id, ttl)
         except ledgers.InsufficientCredits as short:

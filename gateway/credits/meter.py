@@ -165,7 +165,7 @@ class Meter:
                       f"{short.available} credit(s) available, this call needs {price.reserve}")
             raise InsufficientCredits(detail, service, chain_id, price.reserve, short.available,
                                       short.shortfall) from None
-        self.metrics.credits_reserved.labels(service.id).inc(price.reserve)
+        self.metrics.count_credits("reserved", service.id, price.reserve)
         hold = Hold(lease, price.reserve, price, balance, service.id, request_id)
         # A safety net: a hold dropped without being charged or released gives its credits back
         # to the lease (which then goes back to the ledger when idle).
@@ -173,7 +173,10 @@ class Meter:
         return hold
 
     async def complete(self, hold: Hold | None, status: int, headers) -> dict[str, str]:
-        """Charge on 2xx (return the credit headers for the client), release otherwise."""
+        """Charge on 2xx (return the credit headers for the client), release otherwise.
+
+        Not to be cancelled midway (the charge may commit without its hold being given back): the
+        pipeline awaits it in a task the client cannot cancel (`carried_through`) or shielded."""
         if hold is None:
             return {}
         if not 200 <= status < 300:
@@ -182,7 +185,7 @@ class Meter:
             return {}
         amount = self.price_from(hold.price, headers)
         try:
-            remaining = await asyncio.shield(self._charge(hold, amount))
+            remaining = await self._charge(hold, amount)
         except ReservationExpired:
             # Why refuse rather than relay for free: the hold's credits may already be spent by
             # another call, so this answer is unpaid; whatever made the hold expire must not

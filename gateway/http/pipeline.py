@@ -13,6 +13,7 @@ line per request. Each step lives in its own module; this file only orders them.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -166,8 +167,9 @@ class Pipeline:
             if scope.sale is not None and scope.payment is not None and scope.call is not None:
                 mcp_payments.prepare(headers, scope.call.body or b"")  # forwarded without the payment
             if is_websocket(request):
+                # Shielded: the client may leave while its charge is being recorded.
                 return await proxy_websocket(request, self.upstream.session, url, headers, service.timeout,
-                                             on_open=lambda: self._charge(scope, 200, {}))
+                                             on_open=lambda: asyncio.shield(self._charge(scope, 200, {})))
             handover = Handover()
             sending = self._send_and_charge(request, scope, url, headers, handover)
             if hold is None and scope.payment is None:  # nothing to charge: a client leaving cuts it off
@@ -209,5 +211,5 @@ class Pipeline:
         credit_headers = await self.meter.complete(scope.hold, status, headers)
         if credit_headers:
             scope.log.credits = int(credit_headers["X-Credits-Charged"])
-            self.metrics.credits_charged.labels(scope.log.service or "").inc(scope.log.credits)
+            self.metrics.count_credits("charged", scope.log.service or "", scope.log.credits)
         return credit_headers

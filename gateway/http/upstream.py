@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from functools import partial
+from typing import AsyncIterator, Callable, Coroutine, TypeVar
 
 import aiohttp
 import structlog
@@ -136,7 +137,7 @@ class Handover:
         self.done = False
 
 
-async def carried_through(work: Awaitable[T], handover: Handover, abandon: Callable[[T], None],
+async def carried_through(work: Coroutine[object, object, T], handover: Handover, abandon: Callable[[T], None],
                           request_id: str = "") -> T:
     """Await `work` (send upstream, then charge on the status line) so that a client leaving
     cannot take back a request the upstream already has.
@@ -150,9 +151,15 @@ async def carried_through(work: Awaitable[T], handover: Handover, abandon: Calla
     the cancellation through: work the upstream did is paid. If the client leaves before that
     point, the upstream call is cut off (the upstream never has a complete request) and the
     caller releases the hold."""
-    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(work)
+    # asyncio.shield's effect at a lower cost (one future, one callback; this runs on every metered
+    # call): cancelling the handler cancels `waiter`, never `task`.
+    waiter = loop.create_future()
+    task.add_done_callback(partial(_wake, waiter))
     try:
-        return await asyncio.shield(task)
+        await waiter
+        return task.result()
     except asyncio.CancelledError:
         if not handover.done:
             task.cancel()  # the upstream has no complete request: nothing to pay for
@@ -162,6 +169,11 @@ async def carried_through(work: Awaitable[T], handover: Handover, abandon: Calla
         if not isinstance(outcome, BaseException):
             abandon(outcome)  # charged; nobody is left to read the answer
         raise
+
+
+def _wake(waiter: asyncio.Future, _task: asyncio.Task) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _LimitedBody:

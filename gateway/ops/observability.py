@@ -24,7 +24,7 @@ import datetime
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -185,14 +185,6 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     logging.captureWarnings(True)
 
 
-# PlanChecker's events -> (family, result label). "misses" has none: a miss is counted by how it
-# was answered (coalesced, shared, or a chain read: result="miss"), so the results partition the checks.
-_PLAN_EVENTS = {
-    "hits": ("checks", "hit"), "coalesced": ("checks", "coalesced"), "shared": ("checks", "shared"),
-    "rpc_calls": ("rpc_calls", None), "errors": ("rpc_errors", None), "stale": ("stale", None),
-}
-
-
 class Metrics:
     """The gateway's Prometheus metrics, in a registry of their own (tests build many apps).
 
@@ -251,6 +243,19 @@ class Metrics:
         # the values on every call): the request counters are updated on every request.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._upstream_children: dict[str, Any] = {}
+        self._credit_children: dict[tuple[str, str], Any] = {}
+        # What each PlanChecker event increments (a hit is counted on every protected call).
+        # "misses" increments nothing: a miss is counted by how it was answered (coalesced, shared,
+        # or a chain read: result="miss"), so the results partition the checks.
+        self._plan_incs: dict[str, tuple[Callable[[], None], ...]] = {
+            "hits": (self.plan_checks.labels("hit").inc,),
+            "coalesced": (self.plan_checks.labels("coalesced").inc,),
+            "shared": (self.plan_checks.labels("shared").inc,),
+            # a check that reads the chain sends exactly one balanceOf call
+            "rpc_calls": (self.plan_checks.labels("miss").inc, self.plan_rpc_calls.inc),
+            "errors": (self.plan_rpc_errors.inc,),
+            "stale": (self.plan_stale.inc,),
+        }
 
     def count_request(self, service: str, decision: str, status: int, seconds: float) -> None:
         """One request answered (the access log's service, decision, status and duration)."""
@@ -271,16 +276,18 @@ class Metrics:
 
     def count_plan(self, event: str) -> None:
         """One PlanChecker event (`gateway.credits.plans`): hits, coalesced, shared, rpc_calls, errors, stale."""
-        family, result = _PLAN_EVENTS.get(event, (None, None))
-        if family == "checks":
-            self.plan_checks.labels(result).inc()
-        elif family == "rpc_calls":  # a check that reads the chain sends exactly one balanceOf call
-            self.plan_checks.labels("miss").inc()
-            self.plan_rpc_calls.inc()
-        elif family == "rpc_errors":
-            self.plan_rpc_errors.inc()
-        elif family == "stale":
-            self.plan_stale.inc()
+        for inc in self._plan_incs.get(event, ()):
+            inc()
+
+    def count_credits(self, what: str, service: str, amount: int) -> None:
+        """Credits `reserved` (held for a call) or `charged`, by service."""
+        child = self._credit_children.get((what, service))
+        if child is None:
+            family = self.credits_reserved if what == "reserved" else self.credits_charged
+            child = family.labels(service)
+            if len(self._credit_children) < 10_000:  # bounded: services are configured
+                self._credit_children[(what, service)] = child
+        child.inc(amount)
 
     def count_x402(self, service: str, outcome: str) -> None:
         self.x402_payments.labels(service, outcome).inc()

@@ -87,22 +87,24 @@ async def test_concurrent_calls_never_borrow_more_than_their_lease_holds(ledger)
     calls = counted(ledger)
     leases = Leases(ledger, lease_max=5)
     lent = await asyncio.gather(*(leases.lend(ACCOUNT, "elvis", 1, 100, 0.0, f"r{n}", 60.0) for n in range(12)))
-    assert calls["reserve"] == 3  # 5 + 5 + 2 of a third lease: one hold per five calls
+    # The first call finds the account in no use: its own price; the others: 5 + 5 + 1 of a fourth.
+    assert calls["reserve"] == 4
     assert all(0 <= lease.lent <= lease.held for lease in set(lent))
     for n, lease in enumerate(lent):  # every call's charge is covered by its lease's hold
         await ledger.charge_part(lease.reservation, 1, f"r{n}", "elvis", 100, 0.0)
         leases.give_back(lease, 1, 1)
     (row,) = await ledger.usage()
     assert (row["calls"], row["charged"]) == (12, 12)
-    assert leases.free(ACCOUNT) == 3
+    assert leases.free(ACCOUNT) == 4
     await leases.close()
-    assert await ledger.available(ACCOUNT, 100, 0.0) == 88  # the unused 3 went back
+    assert await ledger.available(ACCOUNT, 100, 0.0) == 88  # the unused 4 went back
 
 
 async def test_a_lease_is_released_after_its_idle_time_on_the_timer(ledger):
     clock = Clock(0.0)
     timers = Timers(clock)
     leases = Leases(ledger, lease_max=10, idle=1.0, call_later=timers, clock=clock)
+    leases.last_call[ACCOUNT] = clock.now  # a call a moment ago: the account is in use
     lease = await leases.lend(ACCOUNT, "elvis", 1, 100, 0.0, "r", 60.0)
     assert await ledger.available(ACCOUNT, 100, 0.0) == 90
     leases.give_back(lease, 1)  # the call was released: nothing charged, the lease stays for the next
@@ -163,6 +165,49 @@ async def test_a_refusal_while_another_worker_holds_credits_waits_for_them_once(
     assert (await late).lent == 1 and calls["reserve"] == 10
 
 
+async def test_a_lone_call_holds_only_its_price_and_its_charge_leaves_no_hold(ledger):
+    calls = counted(ledger)
+    clock = Clock(0.0)
+    leases = Leases(ledger, idle=1.0, clock=clock)
+    lease = await leases.lend(ACCOUNT, "elvis", 2, 100, 0.0, "r1", 60.0)  # no call in the last second
+    assert lease.held == 2 and await ledger.available(ACCOUNT, 100, 0.0) == 98
+    await ledger.charge_part(lease.reservation, 2, "r1", "elvis", 100, 0.0)
+    assert not leases.give_back(lease, 2, 2)  # emptied: the ledger deleted the hold with the charge
+    assert leases.free(ACCOUNT) == 0 and await ledger.available(ACCOUNT, 100, 0.0) == 98
+    clock.now += 0.5  # the next call within `idle`: the account is in use, it gets a lease
+    lease = await leases.lend(ACCOUNT, "elvis", 2, 100, 0.0, "r2", 60.0)
+    # Sized on what the ledger last said was available (100, this call's hold included): 100 // 4.
+    assert lease.held == 25 and (calls["reserve"], calls["release"]) == (2, 0)
+    await leases.close()
+
+
+async def test_a_refused_worker_asks_again_until_the_credits_come_back_or_its_wait_ends(ledger):
+    clock = Clock(0.0)
+    asked: list[float] = []
+    other = Leases(ledger, workers=2, clock=clock)
+    other.last_call[ACCOUNT] = 0.0  # in use there: a lease of 8 // 8 = 1 credit, kept while idle
+    theirs = await other.lend(ACCOUNT, "elvis", 1, 8, 0.0, "o", 60.0)
+    other.give_back(theirs, 1)
+
+    async def pause(seconds):  # the refused worker's pause: moves the clock; the lease comes back at the 3rd
+        asked.append(seconds)
+        clock.now += seconds
+        if len(asked) == 3 and theirs.open:
+            await other.release(theirs)
+
+    mine = Leases(ledger, workers=2, wait=1.5, retry_every=0.1, clock=clock, pause=pause)
+    for n in range(7):
+        await mine.lend(ACCOUNT, "elvis", 1, 8, 0.0, f"m{n}", 60.0)
+    assert (await mine.lend(ACCOUNT, "elvis", 1, 8, 0.0, "late", 60.0)).lent >= 1 and asked == [0.1] * 3
+    # Held elsewhere (all 8 lent to calls in flight there) and never given back: a third worker
+    # asks every `retry_every` and is refused once `wait` has passed.
+    asked.clear()
+    third = Leases(ledger, workers=2, wait=1.5, retry_every=0.1, clock=clock, pause=pause)
+    with pytest.raises(InsufficientCredits):
+        await third.lend(ACCOUNT, "elvis", 1, 8, 0.0, "refused", 60.0)
+    assert len(asked) == 15
+
+
 # ---- through the meter, on the real gateway app ---------------------------------------------------
 
 async def test_a_lease_serves_many_calls_with_one_ledger_hold(signing_key):
@@ -176,7 +221,9 @@ async def test_a_lease_serves_many_calls_with_one_ledger_hold(signing_key):
             async with gw.request("POST", "/query", json=QUERY, token=token) as resp:
                 assert resp.status == 200 and resp.headers["X-Credits-Charged"] == "1"
                 remaining.append(int(resp.headers["X-Credits-Remaining"]))
-        assert (calls["reserve"], calls["charge_part"], calls["charge"], calls["release"]) == (1, 20, 0, 0)
+        # The first call, alone: a hold of its price that its charge empties (and deletes); then
+        # one lease for the 19 others.
+        assert (calls["reserve"], calls["charge_part"], calls["charge"], calls["release"]) == (2, 20, 0, 0)
         assert remaining == list(range(999, 979, -1))  # the lease's unlent credits are the subscriber's
         (row,) = await gw.runtime.ledger.usage()
         assert (row["calls"], row["charged"]) == (20, 20)
@@ -191,15 +238,16 @@ async def test_an_expired_lease_refuses_its_calls_and_charges_nothing(signing_ke
     async with FakeUpstream() as upstream, \
             fake_gateway(fake_config(upstream.url, signing_key), chain, clock=clock) as gw:
         token = gw.token(SUBSCRIBER)
-        async with gw.request("POST", "/query", json=QUERY, token=token) as resp:
-            assert resp.status == 200
+        for _ in range(2):  # the second call finds the account in use: it opens a lease
+            async with gw.request("POST", "/query", json=QUERY, token=token) as resp:
+                assert resp.status == 200
         # The worker stalled for the lease's whole lifetime (timeout + hold margin): its hold expired.
         clock.now += gw.config.services["elvis"].timeout + gw.config.metering.hold_margin + 1
         async with gw.request("POST", "/query", json=QUERY, token=token) as resp:
             assert resp.status == 503 and (await resp.json(content_type=None))["code"] == "hold_expired"
         (row,) = await gw.runtime.ledger.usage()
-        assert (row["calls"], row["charged"]) == (1, 1)  # nothing charged for the refused call
+        assert (row["calls"], row["charged"]) == (2, 2)  # nothing charged for the refused call
         async with gw.request("POST", "/query", json=QUERY, token=token) as resp:
             assert resp.status == 200  # a new lease
         (row,) = await gw.runtime.ledger.usage()
-        assert (row["calls"], row["charged"]) == (2, 2)
+        assert (row["calls"], row["charged"]) == (3, 3)
