@@ -103,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
                 runs[t.name].append(t.wrk(args.connections, args.seconds))
     print(f"wrk -t1 -c{args.connections} -d{args.seconds:g}s, {args.rounds} rounds, {args.workers} workers; "
           f"before = {args.before}, after = {REPO}; load average now {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
-    print("| target | req/s of each round | median req/s | CPU µs / request (median) | p50 ms (median) |")
-    print("|---|---|---:|---:|---:|")
+    print("| target | req/s of each round | median req/s | CPU µs / request (median) | p50 ms (median) | p99 ms (median) |")
+    print("|---|---|---:|---:|---:|---:|")
     for name, rows in runs.items():
         each = ", ".join(format(o["rps"], ",.0f") for o in rows)
         rps = statistics.median(o["rps"] for o in rows)
         cpu = statistics.median(o["cpu_us_per_request"] for o in rows)
         p50 = statistics.median(o["p50_ms"] for o in rows)
-        print(f"| {name} | {each} | {rps:,.0f} | {cpu:.0f} | {p50:.2f} |")
+        p99 = statistics.median(o["p99_ms"] for o in rows)
+        print(f"| {name} | {each} | {rps:,.0f} | {cpu:.0f} | {p50:.2f} | {p99:.2f} |")
     return 0
 
 
