@@ -1,7 +1,9 @@
 """The embedded SQLite database behind the ledger and the sign-in state.
 
 One connection, used only by one dedicated thread, so the event loop never
-blocks on disk I/O and every statement of a transaction runs in order. WAL mode
+blocks on disk I/O and every statement of a transaction runs in order. The event
+loop hands it work through a queue (one cheap `put` per call, no executor future
+per call) and is answered with one wake-up per batch. WAL mode
 with `synchronous=FULL`: a transaction that returned is on disk, whatever
 happens to the process afterwards. Writers take `BEGIN IMMEDIATE`, which also
 serializes worker processes sharing the file.
@@ -18,13 +20,12 @@ version is kept per component in `schema_versions`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import fcntl
 import os
+import queue
 import sqlite3
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -42,13 +43,14 @@ def sqlite_path(url: str) -> Path:
 class SqliteDatabase:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{self.path.name}")
         self._conn: sqlite3.Connection | None = None
-        self._pending: collections.deque = collections.deque()  # (fn, future, loop, durable) to group-commit
+        # Work for the database thread: (kind, fn, future, loop, durable); kind "write" (group-
+        # committed), "run" (alone, outside any transaction) or "close" (the last item).
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None  # started with the first call
+        self._closed = False
         self._sync = "FULL"
         self._lock_fd: int | None = None
-        self._pending_lock = threading.Lock()
-        self._scheduled = False  # a group commit is queued on the thread and has not started yet
         self.commits = 0       # group commits done (for tests and metrics)
         self.transactions = 0  # transactions they carried
 
@@ -83,35 +85,62 @@ class SqliteDatabase:
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(conn)` on the database thread (reads, or writes that manage their own transaction)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(self._open()))
+        return await self._submit("run", fn, True)
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
         """Run `fn(conn)` atomically (its own SAVEPOINT inside a group commit); return once committed.
 
         `durable=False`: the commit need not reach the disk (fsync) before returning, for state that
         is void after a crash anyway (credit holds). Other processes see it at once all the same."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        with self._pending_lock:
-            self._pending.append((fn, future, loop, durable))
-            # One group commit queued at a time: it takes everything pending when it starts.
-            scheduled, self._scheduled = self._scheduled, True
-        if not scheduled:
-            try:
-                loop.run_in_executor(self._executor, self._group_commit)
-            except BaseException:  # (the executor is shut down: closing)
-                self._scheduled = False
-                raise
-        return await future
+        return await self._submit("write", fn, durable)
 
-    def _group_commit(self) -> None:
-        """On the database thread: everything queued so far, in one transaction."""
-        with self._pending_lock:
-            batch = list(self._pending)
-            self._pending.clear()
-            self._scheduled = False  # what arrives from now on queues the next one
-        if not batch:
-            return  # an earlier run took these
+    def _submit(self, kind: str, fn: Callable, durable: bool) -> asyncio.Future:
+        if self._closed:
+            raise RuntimeError(f"{self.path}: the database is closed")
+        if self._thread is None:
+            # A daemon: an interpreter that exits without `close` is not held up by it; a commit it
+            # cuts short is rolled back by SQLite, and nobody was told it was done.
+            self._thread = threading.Thread(target=self._serve, name=f"sqlite-{self.path.name}", daemon=True)
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((kind, fn, future, loop, durable))
+        return future
+
+    def _serve(self) -> None:
+        """The database thread: everything queued so far is one batch (its writes one group commit)."""
+        while True:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            answers: dict[Any, list] = {}  # one wake-up per event loop, not one per call
+            writes = [item for item in batch if item[0] == "write"]
+            if writes:
+                for (_, _, future, loop, _), outcome in zip(writes, self._group_commit(writes)):
+                    answers.setdefault(loop, []).append((future, *outcome))
+            closing = False
+            for kind, fn, future, loop, _ in batch:
+                if kind == "write":
+                    continue
+                closing = closing or kind == "close"
+                try:
+                    outcome: tuple[bool, object] = (True, fn(self._open() if kind == "run" else None))
+                except Exception as exc:  # noqa: BLE001 - handed to that caller
+                    outcome = (False, exc)
+                answers.setdefault(loop, []).append((future, *outcome))
+            for loop, settled in answers.items():
+                try:
+                    loop.call_soon_threadsafe(_settle_all, settled)
+                except RuntimeError:  # (that event loop is closed: nobody is waiting)
+                    pass
+            if closing:
+                return
+
+    def _group_commit(self, batch: list) -> list[tuple[bool, object]]:
+        """On the database thread: these writes in one transaction; each one's outcome."""
         outcomes: list[tuple[bool, object]] = []
         try:
             conn = self._open()
@@ -123,7 +152,7 @@ class SqliteDatabase:
             if self._lock_fd is not None:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             _begin(conn)
-            for fn, *_ in batch:
+            for _, fn, *_ in batch:
                 conn.execute("SAVEPOINT one")
                 try:
                     outcomes.append((True, fn(conn)))
@@ -142,11 +171,7 @@ class SqliteDatabase:
         finally:
             if self._lock_fd is not None:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        answers: dict[Any, list] = {}  # one wake-up per event loop, not one per transaction
-        for (_, future, loop, _), (ok, value) in zip(batch, outcomes):
-            answers.setdefault(loop, []).append((future, ok, value))
-        for loop, settled in answers.items():
-            loop.call_soon_threadsafe(_settle_all, settled)
+        return outcomes
 
     async def writable(self) -> bool:
         """An empty write transaction: takes the write lock and commits nothing (raises if it cannot)."""
@@ -172,7 +197,8 @@ class SqliteDatabase:
         return await self.transaction(apply)
 
     async def close(self) -> None:
-        def close(_conn: sqlite3.Connection) -> None:
+        """Finish what is queued, close the connection, stop the thread."""
+        def close(_conn: None) -> None:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -180,9 +206,14 @@ class SqliteDatabase:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
-        if self._conn is not None:
-            await self.run(close)
-        self._executor.shutdown(wait=True)
+        if self._closed:
+            return
+        if self._thread is None:
+            self._closed = True
+            return
+        closed = self._submit("close", close, False)
+        self._closed = True  # nothing more is taken
+        await closed
 
 
 LOCK_WAIT = 30.0  # seconds a writer waits for another process's transaction before failing
