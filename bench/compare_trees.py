@@ -1,7 +1,7 @@
 """Before/after in ONE run: the gateway of another source tree next to this one, and the bare proxy.
 
     .venv/bin/python bench/compare_trees.py --before /tmp/baseline [--workers 2] [--seconds 5] [--rounds 4]
-        [--target open|protected|both] [--connections 64]
+        [--target open|protected|both] [--connections 64] [--subscribers 64]
 
 On a shared machine two runs minutes apart see different loads; this puts both versions in the same
 rounds. `--before` is a copy of the repository as it was (e.g. `git worktree add`, or a tar of the
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--target", choices=("open", "protected", "both"), default="open")
+    p.add_argument("--subscribers", type=int, default=64,
+                   help="subscribers the protected target rotates over (many at -c1: each calls less than once a second)")
     args = p.parse_args(argv)
     if not (args.before / "gateway" / "__init__.py").exists():
         p.error(f"{args.before} has no gateway package")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         anvil = stack.enter_context(Anvil())
         chain = DevChain(anvil.rpc_url)
         plan = chain.deploy_credits_plan()
-        subs = subscriber_addresses(64, f"compare-{os.getpid()}")
+        subs = subscriber_addresses(args.subscribers, f"compare-{os.getpid()}")
         mint_many(chain, plan, subs, CREDITS)
         upstream = Nginx(stack, work, "upstream", BODY=UPSTREAM_BODY)
         key = work / "signing-key.pem"
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             for j in range(len(targets)):
                 t = targets[(r + j) % len(targets)]
                 runs[t.name].append(t.wrk(args.connections, args.seconds))
-    print(f"wrk -t1 -c{args.connections} -d{args.seconds:g}s, {args.rounds} rounds, {args.workers} workers; "
+    print(f"wrk -t1 -c{args.connections} -d{args.seconds:g}s, {args.rounds} rounds, {args.workers} workers, "
+          f"{args.subscribers} subscribers; "
           f"before = {args.before}, after = {REPO}; load average now {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print("| target | req/s of each round | median req/s | CPU µs / request (median) | p50 ms (median) | p99 ms (median) |")
     print("|---|---|---:|---:|---:|---:|")

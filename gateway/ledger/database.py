@@ -11,7 +11,12 @@ serializes worker processes sharing the file.
 Group commit: write transactions that arrive while the thread is busy are run
 together in ONE `BEGIN IMMEDIATE ... COMMIT` (one fsync), each inside its own
 SAVEPOINT so that one that fails rolls back alone. Each caller is answered only
-after that COMMIT: "returned" still means "on disk".
+after that COMMIT: "returned" still means "on disk". A batch made only of
+`pure` transactions (the request path's: nothing but their statements and their
+answer, safe to run twice) runs without the savepoints; if one of them fails,
+the batch is rolled back and run again with them. Why: every statement hands the
+GIL to the event loop and back, and under load that hand-over, not SQLite,
+is what a transaction costs (two statements of six for a charge).
 
 Each component (ledger, auth state) owns a list of migrations; the applied
 version is kept per component in `schema_versions`.
@@ -44,8 +49,8 @@ class SqliteDatabase:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
-        # Work for the database thread: (kind, fn, future, loop, durable); kind "write" (group-
-        # committed), "run" (alone, outside any transaction) or "close" (the last item).
+        # Work for the database thread: (kind, fn, future, loop, durable, pure); kind "write"
+        # (group-committed), "run" (alone, outside any transaction) or "close" (the last item).
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None  # started with the first call
         self._closed = False
@@ -83,18 +88,23 @@ class SqliteDatabase:
             self._conn = conn
         return self._conn
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` on the database thread (reads, or writes that manage their own transaction)."""
-        return await self._submit("run", fn, True)
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Run `fn(conn)` on the database thread (reads, or writes that manage their own transaction).
+        Queued at once; await the answer."""
+        return self._submit("run", fn, True)
 
-    async def transaction(self, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+    def transaction(self, fn: Callable[[sqlite3.Connection], T], durable: bool = True,
+                    pure: bool = False) -> asyncio.Future[T]:
         """Run `fn(conn)` atomically (its own SAVEPOINT inside a group commit); return once committed.
 
         `durable=False`: the commit need not reach the disk (fsync) before returning, for state that
-        is void after a crash anyway (credit holds). Other processes see it at once all the same."""
-        return await self._submit("write", fn, durable)
+        is void after a crash anyway (credit holds). Other processes see it at once all the same.
+        `pure`: `fn` does nothing but run its statements and return (no other effect), so it may
+        run twice; a batch of such transactions needs no savepoints (see the module's doc).
+        Queued at once (in call order); await the answer."""
+        return self._submit("write", fn, durable, pure)
 
-    def _submit(self, kind: str, fn: Callable, durable: bool) -> asyncio.Future:
+    def _submit(self, kind: str, fn: Callable, durable: bool, pure: bool = False) -> asyncio.Future:
         if self._closed:
             raise RuntimeError(f"{self.path}: the database is closed")
         if self._thread is None:
@@ -104,7 +114,7 @@ class SqliteDatabase:
             self._thread.start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((kind, fn, future, loop, durable))
+        self._queue.put((kind, fn, future, loop, durable, pure))
         return future
 
     def _serve(self) -> None:
@@ -119,10 +129,10 @@ class SqliteDatabase:
             answers: dict[Any, list] = {}  # one wake-up per event loop, not one per call
             writes = [item for item in batch if item[0] == "write"]
             if writes:
-                for (_, _, future, loop, _), outcome in zip(writes, self._group_commit(writes)):
+                for (_, _, future, loop, *_), outcome in zip(writes, self._group_commit(writes)):
                     answers.setdefault(loop, []).append((future, *outcome))
             closing = False
-            for kind, fn, future, loop, _ in batch:
+            for kind, fn, future, loop, *_ in batch:
                 if kind == "write":
                     continue
                 closing = closing or kind == "close"
@@ -145,22 +155,18 @@ class SqliteDatabase:
         try:
             conn = self._open()
             # FULL: the WAL is fsynced at COMMIT (and with it every earlier NORMAL commit).
-            sync = "FULL" if any(durable for *_, durable in batch) else "NORMAL"
+            sync = "FULL" if any(durable for *_, durable, _ in batch) else "NORMAL"
             if sync != self._sync:
                 conn.execute(f"PRAGMA synchronous={sync}")
                 self._sync = sync
             if self._lock_fd is not None:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             _begin(conn)
-            for _, fn, *_ in batch:
-                conn.execute("SAVEPOINT one")
-                try:
-                    outcomes.append((True, fn(conn)))
-                    conn.execute("RELEASE one")
-                except Exception as exc:  # noqa: BLE001 - handed to that caller
-                    conn.execute("ROLLBACK TO one")
-                    conn.execute("RELEASE one")
-                    outcomes.append((False, exc))
+            bare = _run_bare(conn, batch) if all(pure for *_, pure in batch) else None
+            if bare is None:  # not all pure, or one failed (rolled back: run again, each alone)
+                if not conn.in_transaction:
+                    _begin(conn)
+            outcomes = bare if bare is not None else _run_each(conn, batch)
             conn.execute("COMMIT")
             self.commits += 1
             self.transactions += len(batch)
@@ -232,6 +238,34 @@ def _begin(conn: sqlite3.Connection) -> None:
                 raise
         time.sleep(pause)  # on the database thread, never the event loop
         pause = min(pause * 1.5, 0.001)
+
+
+def _run_each(conn: sqlite3.Connection, batch: list) -> list[tuple[bool, object]]:
+    """Each transaction in its own SAVEPOINT: one that fails rolls back alone."""
+    outcomes: list[tuple[bool, object]] = []
+    for _, fn, *_ in batch:
+        conn.execute("SAVEPOINT one")
+        try:
+            outcomes.append((True, fn(conn)))
+            conn.execute("RELEASE one")
+        except Exception as exc:  # noqa: BLE001 - handed to that caller
+            conn.execute("ROLLBACK TO one")
+            conn.execute("RELEASE one")
+            outcomes.append((False, exc))
+    return outcomes
+
+
+def _run_bare(conn: sqlite3.Connection, batch: list) -> list[tuple[bool, object]] | None:
+    """Pure transactions one after the other, no savepoints; None (everything rolled back) if one fails."""
+    outcomes: list[tuple[bool, object]] = []
+    try:
+        for _, fn, *_ in batch:
+            outcomes.append((True, fn(conn)))
+    except Exception:  # noqa: BLE001 - the batch runs again with savepoints: its error is seen there
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return None
+    return outcomes
 
 
 def _settle_all(settled: list) -> None:

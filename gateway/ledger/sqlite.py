@@ -82,7 +82,7 @@ class SqliteLedger:
             return Reservation(rid, account, amount, available - amount)
 
         # Not fsynced: a hold only matters while its process lives (after a crash it is void anyway).
-        return await self.db.transaction(reserve, durable=False)
+        return await self.db.transaction(reserve, durable=False, pure=True)
 
     async def available(self, account: Account, balance: int, balance_read_at: float) -> int:
         """What a reservation could take now (0 while an unpaid shortfall blocks the account)."""
@@ -101,11 +101,11 @@ class SqliteLedger:
             return conn.execute("UPDATE reservations SET expires_at = ? WHERE id = ? AND expires_at >= ?",
                                 (now + ttl, reservation_id, now)).rowcount == 1
 
-        return await self.db.transaction(extend, durable=False)
+        return await self.db.transaction(extend, durable=False, pure=True)
 
     async def release(self, reservation_id: str) -> None:
         await self.db.transaction(lambda conn: conn.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)),
-                                  durable=False)
+                                  durable=False, pure=True)
 
     async def charge(self, reservation: Reservation, amount: int, balance: int, balance_read_at: float) -> int:
         """Turn the reservation into a charge of `amount` (<= reserved); return credits remaining.
@@ -137,7 +137,7 @@ class SqliteLedger:
             )
             return max(self._available(conn, reservation.account, balance, balance_read_at, now), 0)
 
-        return await self.db.transaction(charge)
+        return await self.db.transaction(charge, pure=True)
 
     async def charge_part(self, lease: Reservation, amount: int, request_id: str, service: str, balance: int,
                           balance_read_at: float) -> int:
@@ -172,7 +172,7 @@ class SqliteLedger:
             )
             return max(self._available(conn, lease.account, balance, balance_read_at, now), 0)
 
-        return await self.db.transaction(charge_part)
+        return await self.db.transaction(charge_part, pure=True)
 
     # ---- settlement ---------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ backends in tests/integration/test_ledger.py."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -51,6 +52,41 @@ async def test_group_commit_batches_concurrent_writes_and_isolates_a_failing_one
     assert isinstance(results[50], Exception) and "UNIQUE" in str(results[50])  # only the duplicate failed
     assert await db.run(lambda conn: conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 50
     assert db.transactions == 51 and db.commits < 51  # fewer fsyncs than transactions
+    await db.close()
+
+
+async def test_a_batch_of_pure_transactions_runs_without_savepoints_and_a_failure_rolls_back_alone(tmp_path):
+    db = SqliteDatabase(tmp_path / "p.db")
+    await db.run(lambda conn: conn.execute("CREATE TABLE t (v INTEGER)"))
+    statements: list[str] = []
+    await db.run(lambda conn: conn.set_trace_callback(statements.append))
+    gate = threading.Event()
+    held = db.run(lambda conn: gate.wait(10))  # the database thread is busy: what follows is one batch
+
+    def insert(v, fail=False):
+        def fn(conn):
+            conn.execute("INSERT INTO t VALUES (?)", (v,))  # written, then the failure: rolled back
+            if fail:
+                raise ValueError(f"refused {v}")
+            return v
+        return fn
+
+    clean = [db.transaction(insert(v), pure=True) for v in range(3)]
+    gate.set()
+    await held
+    assert await asyncio.gather(*clean) == [0, 1, 2]
+    assert not any(s.startswith("SAVEPOINT") for s in statements)  # three pure ones: no savepoints
+
+    gate.clear()
+    held = db.run(lambda conn: gate.wait(10))
+    mixed = [db.transaction(insert(v, fail=v == 4), pure=True) for v in (3, 4, 5)]
+    gate.set()
+    await held
+    results = await asyncio.gather(*mixed, return_exceptions=True)
+    assert results[0] == 3 and results[2] == 5 and isinstance(results[1], ValueError)
+    assert any(s.startswith("SAVEPOINT") for s in statements)  # run again, each in its savepoint
+    rows = await db.run(lambda conn: [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")])
+    assert rows == [0, 1, 2, 3, 5]  # the failed one's insert is gone, the others are committed once
     await db.close()
 
 
