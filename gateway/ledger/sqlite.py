@@ -7,13 +7,13 @@ worker process sharing the file.
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import time
 import uuid
 from typing import Any, Callable
 
 from gateway.ledger.database import SqliteDatabase, rows
+from gateway.ledger.sqlite_charges import ChargeBatches
 from gateway.ledger.sqlite_schema import MIGRATIONS
 from gateway.ledger import Account, InsufficientCredits, PendingGroup, Reservation, ReservationExpired, Settlement
 
@@ -32,7 +32,7 @@ class SqliteLedger:
     def __init__(self, db: SqliteDatabase, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.clock = clock
-        self._parts = itertools.count(1)  # numbers the charges taken from one hold (`charge_part`)
+        self._charges = ChargeBatches(db, lambda: self.clock())  # (a test may swap the clock)
 
     async def open(self) -> None:
         await self.db.migrate("ledger", MIGRATIONS)
@@ -143,36 +143,10 @@ class SqliteLedger:
                           balance_read_at: float) -> int:
         """Take `amount` from the live hold `lease` and charge it, in one durable transaction;
         return credits remaining (as `charge`). The hold shrinks by `amount`; once empty it is gone.
+        Calls charging at the same time share the transaction and its statements (`sqlite_charges`).
 
         Raises `ReservationExpired` (nothing charged) if the hold is gone, expired or holds less."""
-        if amount < 0:
-            raise ValueError(f"charge {amount} below 0")
-        charge_id = f"{lease.id}/{next(self._parts)}"  # charges.reservation_id is unique: one per part
-
-        def charge_part(conn: sqlite3.Connection) -> int:
-            now = self.clock()
-            rows = conn.execute("UPDATE reservations SET amount = amount - ? WHERE id = ? AND expires_at >= ?"
-                                " AND amount >= ? RETURNING amount", (amount, lease.id, now, amount)).fetchall()
-            if not rows:
-                # Why refuse: an expired hold no longer counts against the balance, so its credits
-                # may have been reserved (and charged) by another call; and a hold never pays for
-                # more than it holds. Either way charging would spend a credit twice.
-                raise ReservationExpired(lease.id)
-            if rows[0][0] == 0:
-                conn.execute("DELETE FROM reservations WHERE id = ?", (lease.id,))  # emptied: gone
-            conn.execute(
-                "INSERT INTO charges (reservation_id, request_id, chain_id, contract, token_id, subscriber, service,"
-                " amount, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (charge_id, request_id, *_key(lease.account), service, amount, now),
-            )
-            conn.execute(
-                "INSERT INTO account_totals (chain_id, contract, token_id, subscriber, unsettled) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT DO UPDATE SET unsettled = unsettled + excluded.unsettled",
-                (*_key(lease.account), amount),
-            )
-            return max(self._available(conn, lease.account, balance, balance_read_at, now), 0)
-
-        return await self.db.transaction(charge_part, pure=True)
+        return await self._charges.charge_part(lease, amount, request_id, service, balance, balance_read_at)
 
     # ---- settlement ---------------------------------------------------------------------------
 

@@ -90,6 +90,39 @@ async def test_a_batch_of_pure_transactions_runs_without_savepoints_and_a_failur
     await db.close()
 
 
+async def test_charges_made_together_share_one_transaction_and_each_lease_pays_only_what_it_holds(tmp_path):
+    clock = Clock()
+    db = SqliteDatabase(tmp_path / "c.db")
+    ledger = SqliteLedger(db, clock=clock)
+    await ledger.open()
+    other = Account(ACCOUNT.chain_id, ACCOUNT.contract, ACCOUNT.token_id, "0x" + "ab" * 20)
+    roomy = await ledger.reserve(ACCOUNT, "elvis", 10, 100, 0.0, "r1", 60.0)
+    short = await ledger.reserve(other, "elvis", 2, 100, 0.0, "r2", 60.0)
+    dying = await ledger.reserve(ACCOUNT, "elvis", 5, 100, 0.0, "r3", 1.0)
+    clock.now += 2.0  # `dying` expired
+    statements: list[str] = []
+    await db.run(lambda conn: conn.set_trace_callback(statements.append))
+    gate = threading.Event()
+    held = db.run(lambda conn: gate.wait(10))  # the database thread is busy: the charges below wait together
+    calls = [(roomy, 3), (short, 1), (roomy, 2), (short, 1), (short, 1), (dying, 1)]
+    charging = [asyncio.ensure_future(ledger.charge_part(lease, n, f"c{i}", "elvis", 100, 0.0))
+                for i, (lease, n) in enumerate(calls)]
+    await asyncio.sleep(0)  # (each task runs to its first await: all six are queued, one batch)
+    gate.set()
+    await held
+    results = await asyncio.gather(*charging, return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["int", "int", "int", "int", "ReservationExpired",
+                                                   "ReservationExpired"]
+    assert sum(s.startswith("INSERT INTO charges") for s in statements) == 1  # the four charges in one
+    (row,) = [r for r in await ledger.usage() if r["subscriber"] == ACCOUNT.subscriber]
+    assert (row["calls"], row["charged"]) == (2, 5)
+    (row,) = [r for r in await ledger.usage() if r["subscriber"] == other.subscriber]
+    assert (row["calls"], row["charged"]) == (2, 2)  # the third call did not fit in the 2 held
+    # Remaining, as `available` says after the batch: 100 - 5 charged - 5 still held by `roomy`.
+    assert results[2] == await ledger.available(ACCOUNT, 100, 0.0) == 90
+    await db.close()
+
+
 async def test_migration_to_v2_carries_unsettled_totals_over(tmp_path):
     db = SqliteDatabase(tmp_path / "old.db")
     await db.migrate("ledger", MIGRATIONS[:1])  # a v1 ledger with two unsettled charges
