@@ -40,12 +40,12 @@ from gateway import ledger as ledgers
 from gateway.ledger import Account, Ledger, Reservation
 
 log = structlog.get_logger("gateway.metering")
-LEASE_MAX = 1000  # credits one lease may hold at most
+LEASE_MAX = 1000   # credits one lease may hold at most
 LEASE_IDLE = 1.0   # seconds without a call before a lease's unused credits go back to the ledger
 LEASE_WAIT = 1.5   # how long a refused worker keeps asking while credits are held elsewhere (> idle + slack)
 LEASE_RETRY = 0.1  # between two of those asks
 RECENT_MAX = 10_000  # accounts whose last call time is kept (a hint: bounded)
-SHARE = 4         # a lease takes at most 1 / (SHARE * workers) of what the account has available
+SHARE = 4          # a lease takes at most 1 / (SHARE * workers) of what the account has available
 
 
 class Lease:
@@ -106,7 +106,9 @@ class Leases:
             except ledgers.InsufficientCredits as short:
                 in_flight = sum(lease.lent for lease in self.live.get(account, ()))
                 if short.shortfall or short.held <= in_flight or self.clock() >= deadline:
-                    raise  # all that is held is lent to this worker's calls in flight: as without leases
+                    # All that is held is lent to this worker's calls in flight (as without leases),
+                    # or what another worker holds did not come back in time.
+                    raise
                 # Why ask again: credits are held beyond this worker's calls in flight, possibly
                 # unused in a lease (another worker's, back after `idle`; or one of this worker's,
                 # back when its calls are done); refusing now could refuse a call that one hold
