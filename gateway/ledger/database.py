@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, NamedTuple, Sequence, TypeVar
 
 T = TypeVar("T")
 Migration = str  # one SQL script; its position in the list (from 1) is its version
@@ -45,13 +45,23 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite:///"):])
 
 
+class _Work(NamedTuple):
+    """One call for the database thread. kind: "write" (group-committed), "run" (alone, outside
+    any transaction) or "close" (the last one)."""
+
+    kind: str
+    fn: Callable
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    durable: bool
+    pure: bool
+
+
 class SqliteDatabase:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
-        # Work for the database thread: (kind, fn, future, loop, durable, pure); kind "write"
-        # (group-committed), "run" (alone, outside any transaction) or "close" (the last item).
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()  # work for the database thread
         self._thread: threading.Thread | None = None  # started with the first call
         self._closed = False
         self._sync = "FULL"
@@ -114,7 +124,7 @@ class SqliteDatabase:
             self._thread.start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((kind, fn, future, loop, durable, pure))
+        self._queue.put(_Work(kind, fn, future, loop, durable, pure))
         return future
 
     def _serve(self) -> None:
@@ -127,20 +137,20 @@ class SqliteDatabase:
                 except queue.Empty:
                     break
             answers: dict[Any, list] = {}  # one wake-up per event loop, not one per call
-            writes = [item for item in batch if item[0] == "write"]
+            writes = [work for work in batch if work.kind == "write"]
             if writes:
-                for (_, _, future, loop, *_), outcome in zip(writes, self._group_commit(writes)):
-                    answers.setdefault(loop, []).append((future, *outcome))
+                for work, outcome in zip(writes, self._group_commit(writes)):
+                    answers.setdefault(work.loop, []).append((work.future, *outcome))
             closing = False
-            for kind, fn, future, loop, *_ in batch:
-                if kind == "write":
+            for work in batch:
+                if work.kind == "write":
                     continue
-                closing = closing or kind == "close"
+                closing = closing or work.kind == "close"
                 try:
-                    outcome: tuple[bool, object] = (True, fn(self._open() if kind == "run" else None))
+                    outcome: tuple[bool, object] = (True, work.fn(self._open() if work.kind == "run" else None))
                 except Exception as exc:  # noqa: BLE001 - handed to that caller
                     outcome = (False, exc)
-                answers.setdefault(loop, []).append((future, *outcome))
+                answers.setdefault(work.loop, []).append((work.future, *outcome))
             for loop, settled in answers.items():
                 try:
                     loop.call_soon_threadsafe(_settle_all, settled)
@@ -149,24 +159,24 @@ class SqliteDatabase:
             if closing:
                 return
 
-    def _group_commit(self, batch: list) -> list[tuple[bool, object]]:
+    def _group_commit(self, batch: list[_Work]) -> list[tuple[bool, object]]:
         """On the database thread: these writes in one transaction; each one's outcome."""
-        outcomes: list[tuple[bool, object]] = []
+        outcomes: list[tuple[bool, object]] | None
         try:
             conn = self._open()
             # FULL: the WAL is fsynced at COMMIT (and with it every earlier NORMAL commit).
-            sync = "FULL" if any(durable for *_, durable, _ in batch) else "NORMAL"
+            sync = "FULL" if any(work.durable for work in batch) else "NORMAL"
             if sync != self._sync:
                 conn.execute(f"PRAGMA synchronous={sync}")
                 self._sync = sync
             if self._lock_fd is not None:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             _begin(conn)
-            bare = _run_bare(conn, batch) if all(pure for *_, pure in batch) else None
-            if bare is None:  # not all pure, or one failed (rolled back: run again, each alone)
+            outcomes = _run_bare(conn, batch) if all(work.pure for work in batch) else None
+            if outcomes is None:  # not all pure, or one failed (rolled back): each in its savepoint
                 if not conn.in_transaction:
                     _begin(conn)
-            outcomes = bare if bare is not None else _run_each(conn, batch)
+                outcomes = _run_each(conn, batch)
             conn.execute("COMMIT")
             self.commits += 1
             self.transactions += len(batch)
@@ -240,13 +250,13 @@ def _begin(conn: sqlite3.Connection) -> None:
         pause = min(pause * 1.5, 0.001)
 
 
-def _run_each(conn: sqlite3.Connection, batch: list) -> list[tuple[bool, object]]:
+def _run_each(conn: sqlite3.Connection, batch: list[_Work]) -> list[tuple[bool, object]]:
     """Each transaction in its own SAVEPOINT: one that fails rolls back alone."""
     outcomes: list[tuple[bool, object]] = []
-    for _, fn, *_ in batch:
+    for work in batch:
         conn.execute("SAVEPOINT one")
         try:
-            outcomes.append((True, fn(conn)))
+            outcomes.append((True, work.fn(conn)))
             conn.execute("RELEASE one")
         except Exception as exc:  # noqa: BLE001 - handed to that caller
             conn.execute("ROLLBACK TO one")
@@ -255,12 +265,12 @@ def _run_each(conn: sqlite3.Connection, batch: list) -> list[tuple[bool, object]
     return outcomes
 
 
-def _run_bare(conn: sqlite3.Connection, batch: list) -> list[tuple[bool, object]] | None:
+def _run_bare(conn: sqlite3.Connection, batch: list[_Work]) -> list[tuple[bool, object]] | None:
     """Pure transactions one after the other, no savepoints; None (everything rolled back) if one fails."""
     outcomes: list[tuple[bool, object]] = []
     try:
-        for _, fn, *_ in batch:
-            outcomes.append((True, fn(conn)))
+        for work in batch:
+            outcomes.append((True, work.fn(conn)))
     except Exception:  # noqa: BLE001 - the batch runs again with savepoints: its error is seen there
         if conn.in_transaction:
             conn.execute("ROLLBACK")
