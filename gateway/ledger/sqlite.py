@@ -14,14 +14,10 @@ from typing import Any, Callable
 
 from gateway.ledger.database import SqliteDatabase, rows
 from gateway.ledger.sqlite_charges import ChargeBatches
-from gateway.ledger.sqlite_schema import MIGRATIONS
+from gateway.ledger.sqlite_schema import MIGRATIONS, account_key
 from gateway.ledger import Account, InsufficientCredits, PendingGroup, Reservation, ReservationExpired, Settlement
 
 _ACCOUNT = "chain_id = ? AND contract = ? AND token_id = ? AND subscriber = ?"
-
-
-def _key(a: Account) -> tuple:
-    return (a.chain_id, a.contract, str(a.token_id), a.subscriber)
 
 
 def _account(row: sqlite3.Row | dict) -> Account:
@@ -46,7 +42,7 @@ class SqliteLedger:
         # Charges count against the on-chain balance until their burn is in it: unsettled ones,
         # and ones settled after the balance was read (that balance is from before the burn).
         # (One statement: this runs in every reserve and charge.)
-        key = _key(account)
+        key = account_key(account)
         (unsettled, burned_since, held) = conn.execute(
             f"SELECT (SELECT COALESCE(SUM(unsettled), 0) FROM account_totals WHERE {_ACCOUNT}),"
             f" (SELECT COALESCE(SUM(amount), 0) FROM settlements WHERE {_ACCOUNT} AND status = 'confirmed'"
@@ -58,7 +54,7 @@ class SqliteLedger:
 
     def _open_shortfall(self, conn: sqlite3.Connection, account: Account) -> int:
         (amount,) = conn.execute(
-            f"SELECT COALESCE(SUM(amount), 0) FROM shortfalls WHERE {_ACCOUNT} AND resolved_at IS NULL", _key(account)
+            f"SELECT COALESCE(SUM(amount), 0) FROM shortfalls WHERE {_ACCOUNT} AND resolved_at IS NULL", account_key(account)
         ).fetchone()
         return amount
 
@@ -74,11 +70,11 @@ class SqliteLedger:
             available = self._available(conn, account, balance, balance_read_at, now)
             if available < amount:
                 (held,) = conn.execute(f"SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE {_ACCOUNT}",
-                                       _key(account)).fetchone()  # (expired ones were deleted above)
+                                       account_key(account)).fetchone()  # (expired ones were deleted above)
                 raise InsufficientCredits(max(available, 0), held=held)
             rid = uuid.uuid4().hex
             conn.execute("INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (rid, *_key(account), service, amount, request_id, now + ttl))
+                         (rid, *account_key(account), service, amount, request_id, now + ttl))
             return Reservation(rid, account, amount, available - amount)
 
         # Not fsynced: a hold only matters while its process lives (after a crash it is void anyway).
@@ -128,12 +124,12 @@ class SqliteLedger:
             conn.execute(
                 "INSERT INTO charges (reservation_id, request_id, chain_id, contract, token_id, subscriber, service,"
                 " amount, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (reservation.id, request_id, *_key(reservation.account), service, amount, now),
+                (reservation.id, request_id, *account_key(reservation.account), service, amount, now),
             )
             conn.execute(
                 "INSERT INTO account_totals (chain_id, contract, token_id, subscriber, unsettled) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT DO UPDATE SET unsettled = unsettled + excluded.unsettled",
-                (*_key(reservation.account), amount),
+                (*account_key(reservation.account), amount),
             )
             return max(self._available(conn, reservation.account, balance, balance_read_at, now), 0)
 
@@ -168,7 +164,7 @@ class SqliteLedger:
             cur = conn.execute(
                 "INSERT INTO settlements (chain_id, contract, token_id, subscriber, amount, burn_amount, operator,"
                 " nonce, tx_hash, raw_tx, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'recorded', ?, ?)",
-                (*_key(group.account), group.amount, burn_amount, operator, nonce, tx_hash, raw_tx, now, now),
+                (*account_key(group.account), group.amount, burn_amount, operator, nonce, tx_hash, raw_tx, now, now),
             )
             sid = cur.lastrowid
             marks = ",".join("?" * len(group.charge_ids))
@@ -242,7 +238,7 @@ class SqliteLedger:
     async def resolve_shortfalls(self, account: Account, note: str) -> int:
         return await self.db.transaction(lambda conn: conn.execute(
             f"UPDATE shortfalls SET resolved_at = ?, note = ? WHERE {_ACCOUNT} AND resolved_at IS NULL",
-            (self.clock(), note, *_key(account))).rowcount)
+            (self.clock(), note, *account_key(account))).rowcount)
 
     async def usage(self, service: str | None = None, subscriber: str | None = None) -> list[dict[str, Any]]:
         def usage(conn: sqlite3.Connection) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from typing import Callable
 
 from gateway.ledger import Reservation, ReservationExpired
 from gateway.ledger.database import SqliteDatabase
+from gateway.ledger.sqlite_schema import account_key
 
 # Row fields inside the JSON arrays: [chain_id, contract, token_id, subscriber] is an account.
 _TAKE = ("UPDATE reservations SET amount = reservations.amount - j.value ->> 1"
@@ -148,18 +149,15 @@ class ChargeBatches:
             part.charge_id: ReservationExpired(part.lease.id) for part in parts if part.charge_id not in paid}
         if not charged:
             return outcomes
+        keys = [account_key(p.lease.account) for p in charged]
         conn.execute(_RECORD, (json.dumps([
-            [p.charge_id, p.request_id, p.lease.account.chain_id, p.lease.account.contract,
-             str(p.lease.account.token_id), p.lease.account.subscriber, p.service, p.amount] for p in charged]), now))
+            [p.charge_id, p.request_id, *key, p.service, p.amount] for p, key in zip(charged, keys)]), now))
         totals: dict[tuple, int] = {}
-        for p in charged:
-            key = (p.lease.account.chain_id, p.lease.account.contract, str(p.lease.account.token_id),
-                   p.lease.account.subscriber)
+        for p, key in zip(charged, keys):
             totals[key] = totals.get(key, 0) + p.amount
         conn.execute(_TOTALS, (json.dumps([[*key, amount] for key, amount in totals.items()]),))
         remaining = conn.execute(_REMAINING, (json.dumps([
-            [p.lease.account.chain_id, p.lease.account.contract, str(p.lease.account.token_id),
-             p.lease.account.subscriber, p.balance, p.read_at] for p in charged]), now)).fetchall()
+            [*key, p.balance, p.read_at] for p, key in zip(charged, keys)]), now)).fetchall()
         for part, (value,) in zip(charged, remaining):
             outcomes[part.charge_id] = max(value, 0)
         return outcomes

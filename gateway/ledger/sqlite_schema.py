@@ -3,6 +3,16 @@ version; `SqliteDatabase.migrate` applies those not applied yet). Never edit a r
 append a new one.
 """
 
+from __future__ import annotations
+
+from gateway.ledger import Account
+
+
+def account_key(a: Account) -> tuple:
+    """An account as its four columns (chain_id, contract, token_id, subscriber), in every table."""
+    return (a.chain_id, a.contract, str(a.token_id), a.subscriber)
+
+
 MIGRATIONS = [
     """
     CREATE TABLE reservations (
