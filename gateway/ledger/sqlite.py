@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from gateway.ledger.database import SqliteDatabase, rows
 from gateway.ledger.sqlite_charges import ChargeBatches
@@ -135,14 +135,16 @@ class SqliteLedger:
 
         return await self.db.transaction(charge, pure=True)
 
-    async def charge_part(self, lease: Reservation, amount: int, request_id: str, service: str, balance: int,
-                          balance_read_at: float) -> int:
-        """Take `amount` from the live hold `lease` and charge it, in one durable transaction;
-        return credits remaining (as `charge`). The hold shrinks by `amount`; once empty it is gone.
-        Calls charging at the same time share the transaction and its statements (`sqlite_charges`).
+    def charge_part(self, lease: Reservation, amount: int, request_id: str, service: str, balance: int,
+                    balance_read_at: float) -> Awaitable[int]:
+        """Take `amount` from the live hold `lease` and charge it, in one durable transaction; the
+        answer: credits remaining (as `charge`). The hold shrinks by `amount`; once empty it is gone.
+        Calls charging at the same time share the transaction and its statements (`sqlite_charges`):
+        the call joins it at once, await the answer.
 
-        Raises `ReservationExpired` (nothing charged) if the hold is gone, expired or holds less."""
-        return await self._charges.charge_part(lease, amount, request_id, service, balance, balance_read_at)
+        The answer raises `ReservationExpired` (nothing charged) if the hold is gone, expired or
+        holds less."""
+        return self._charges.charge_part(lease, amount, request_id, service, balance, balance_read_at)
 
     # ---- settlement ---------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import asyncio
 import itertools
 import json
 import threading
-from typing import Callable
+from typing import Awaitable, Callable
 
 from gateway.ledger import Reservation, ReservationExpired
 from gateway.ledger.database import SqliteDatabase
@@ -84,10 +84,11 @@ class ChargeBatches:
         self._lock = threading.Lock()      # the open batch: joined on the loop, closed on the db thread
         self._open: _Batch | None = None
 
-    async def charge_part(self, lease: Reservation, amount: int, request_id: str, service: str, balance: int,
-                          balance_read_at: float) -> int:
-        """Take `amount` from the live hold `lease` and charge it, durably; return credits remaining.
-        Raises `ReservationExpired` (nothing charged) if the hold is gone, expired or holds less."""
+    def charge_part(self, lease: Reservation, amount: int, request_id: str, service: str, balance: int,
+                    balance_read_at: float) -> Awaitable[int]:
+        """Take `amount` from the live hold `lease` and charge it, durably; the answer: credits remaining.
+        Joins the open batch at once (in call order); await the answer. It raises `ReservationExpired`
+        (nothing charged) if the hold is gone, expired or holds less."""
         if amount < 0:
             raise ValueError(f"charge {amount} below 0")
         # charges.reservation_id is unique: one per part
@@ -99,10 +100,14 @@ class ChargeBatches:
                 batch = self._open = _Batch()
                 batch.future = self.db.transaction(lambda conn, b=batch: self._run(conn, b), pure=True)
             batch.parts.append(part)
-        outcomes = await asyncio.shield(batch.future)  # (shared by the batch's callers: one leaving cancels none)
+        return self._answer(batch.future, part)
+
+    @staticmethod
+    async def _answer(committed: asyncio.Future, part: _Part) -> int:
+        outcomes = await asyncio.shield(committed)  # (shared by the batch's callers: one leaving cancels none)
         outcome = outcomes[part.charge_id]
         if isinstance(outcome, ReservationExpired):
-            raise ReservationExpired(lease.id)
+            raise ReservationExpired(part.lease.id)
         return outcome
 
     @staticmethod

@@ -105,9 +105,8 @@ async def test_charges_made_together_share_one_transaction_and_each_lease_pays_o
     gate = threading.Event()
     held = db.run(lambda conn: gate.wait(10))  # the database thread is busy: the charges below wait together
     calls = [(roomy, 3), (short, 1), (roomy, 2), (short, 1), (short, 1), (dying, 1)]
-    charging = [asyncio.ensure_future(ledger.charge_part(lease, n, f"c{i}", "elvis", 100, 0.0))
-                for i, (lease, n) in enumerate(calls)]
-    await asyncio.sleep(0)  # (each task runs to its first await: all six are queued, one batch)
+    # Each call joins the open batch when it is made: all six are one batch.
+    charging = [ledger.charge_part(lease, n, f"c{i}", "elvis", 100, 0.0) for i, (lease, n) in enumerate(calls)]
     gate.set()
     await held
     results = await asyncio.gather(*charging, return_exceptions=True)
