@@ -233,7 +233,7 @@ class X402Payments:
             # Why settled without sending: the transfer already happened (sent before the crash);
             # sending again would only revert.
             return await self._move(p.service, row.id, ("owed",), "settled", tx_hash=chain.tx_hash,
-                                         error="reconciled from authorizationState")
+                                    error="reconciled from authorizationState")
         if chain.state == "canceled":
             # Why a loss: the payer cancelled the authorization after the call was served.
             return await self._move(p.service, row.id, ("owed",), "lost", error="authorization canceled by the payer")
